@@ -1,0 +1,104 @@
+"""python -m training {train,evaluate,export,figures}: see --help of each."""
+
+import argparse
+import logging
+import sys
+
+from training.data import DataError
+from training.train import RunError
+
+DEFAULT_RUN_DIR = "runs/default"
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or --resume) a run; a checkpoint is written every epoch")
+    t.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, config, history, TensorBoard logs")
+    t.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
+    t.add_argument("--epochs", type=_positive_int, default=50, help="total epochs of the run")
+    t.add_argument("--batch-size", type=_positive_int, default=64)
+    t.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam's (initial) rate")
+    t.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
+    t.add_argument("--encoded-size", type=_positive_int, default=16, help="latent dimension d")
+    t.add_argument("--base-depth", type=_positive_int, default=32, help="filters of the first conv layer")
+    t.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term")
+    t.add_argument("--bfloat16", action="store_true", help="mixed bfloat16 convolutions (faster on AVX512-BF16/AMX CPUs)")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--train-limit", type=_positive_int, help="use only the first N training (and test) images")
+
+    e = sub.add_parser("evaluate", help="test ELBO and IWAE -log p(x) of a SavedModel or a run's checkpoint")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-dir", help="an exported SavedModel version folder, e.g. models/mnist_vae/1")
+    src.add_argument("--run-dir", help="a training run (its latest checkpoint)")
+    e.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
+    e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image for the IWAE bound")
+    e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images")
+    e.add_argument("--figures-dir", help="also write the PNG figures here")
+    e.add_argument("--update-metadata", action="store_true", help="store the figures in --model-dir's metadata")
+
+    x = sub.add_parser("export", help="export a run's latest checkpoint as a SavedModel <base>/<name>/<version>")
+    x.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    x.add_argument("--base-dir", default="models")
+    x.add_argument("--model-name", default="mnist_vae")
+    x.add_argument("--version", type=_positive_int, help="default: one more than the highest existing version")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    return p
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from training.model import ModelConfig
+            from training.train import TrainConfig, train
+
+            train(
+                args.run_dir,
+                ModelConfig(args.encoded_size, args.base_depth, args.beta, args.bfloat16),
+                TrainConfig(args.epochs, args.batch_size, args.learning_rate, args.lr_schedule, args.seed,
+                            args.train_limit),
+                data_dir=args.data_dir,
+                resume=args.resume,
+            )
+        elif args.command == "evaluate":
+            from training.evaluate import evaluate_command
+
+            evaluate_command(args)
+        elif args.command == "export":
+            from training.export import export_run
+
+            path = export_run(args.run_dir, args.base_dir, args.model_name, args.version, args.overwrite)
+            print(path)
+    except (DataError, RunError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

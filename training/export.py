@@ -1,0 +1,151 @@
+"""Export a run as a SavedModel in the TF Serving layout <base>/<name>/<version>/, plus metadata.json.
+
+A Keras model ending in a TFP layer cannot be saved (tensorflow/probability#1604), so the exported
+tf.Module tracks only the two body models (plain Keras layers) and rebuilds the distributions inside its
+tf.function signatures, which return plain tensors. Loading it needs TensorFlow only."""
+
+import datetime
+import json
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from training.model import IMAGE_SHAPE, make_prior
+from training.train import restore_weights
+
+tfpl = tfp.layers
+
+METADATA_FILE = "metadata.json"
+METADATA_SCHEMA_VERSION = 1
+IMAGES_SPEC = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="images")
+
+
+class VAEServingModule(tf.Module):
+    """encode / decode / sample / reconstruct as tf.function signatures over the body models."""
+
+    def __init__(self, encoder_body, decoder_body, encoded_size):
+        super().__init__(name="mnist_vae")
+        self.encoder_body = encoder_body
+        self.decoder_body = decoder_body
+        self.encoded_size = encoded_size
+        latents_spec = tf.TensorSpec([None, encoded_size], tf.float32, name="latents")
+        self.encode = tf.function(self._encode, input_signature=[IMAGES_SPEC])
+        self.decode = tf.function(self._decode, input_signature=[latents_spec])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[IMAGES_SPEC])
+        self.sample = tf.function(
+            self._sample,
+            input_signature=[
+                tf.TensorSpec([], tf.int32, name="num_samples"),
+                tf.TensorSpec([], tf.int64, name="seed"),
+            ],
+        )
+
+    def _posterior(self, images):
+        params = self.encoder_body(images, training=False)
+        return tfpl.MultivariateNormalTriL.new(params, self.encoded_size)
+
+    def _encode(self, images):
+        q = self._posterior(images)
+        return {"mean": q.mean(), "scale_tril": q.scale.to_dense(), "covariance": q.covariance()}
+
+    def _decode(self, latents):
+        p = tfpl.IndependentBernoulli.new(self.decoder_body(latents, training=False), IMAGE_SHAPE)
+        return {"logits": p.distribution.logits_parameter(), "probs": p.distribution.probs_parameter(),
+                "mode": p.mode()}
+
+    def _reconstruct(self, images):
+        mean = self._posterior(images).mean()
+        out = self._decode(mean)
+        return {"mean": mean, "probs": out["probs"], "mode": out["mode"]}
+
+    def _sample(self, num_samples, seed):
+        # A stateless seed: the same (num_samples, seed) gives the same latents on every call and load.
+        # The int64 seed is split into the two int32 words TFP's stateless samplers take.
+        stateless_seed = tf.cast(tf.stack([tf.bitwise.right_shift(seed, 32), seed % 2**32]), tf.int32)
+        latents = make_prior(self.encoded_size).sample(num_samples, seed=stateless_seed)
+        out = self._decode(latents)
+        return {"latents": latents, "probs": out["probs"], "mode": out["mode"]}
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=pathlib.Path(__file__).parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _signature_schema(module):
+    schema = {}
+    for name in ("encode", "decode", "sample", "reconstruct"):
+        fn = getattr(module, name).get_concrete_function()
+        schema[name] = {
+            "inputs": {s.name: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for s in fn.structured_input_signature[0]},
+            "outputs": {k: {"dtype": v.dtype.name, "shape": v.shape.as_list()} for k, v in fn.structured_outputs.items()},
+        }
+    return schema
+
+
+def next_version(model_base):
+    versions = [int(p.name) for p in pathlib.Path(model_base).glob("*") if p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None, overwrite=False):
+    """Write <base_dir>/<model_name>/<version>/ (SavedModel + metadata.json) and return its path."""
+    vae, config, checkpoint = restore_weights(run_dir)
+    model_base = pathlib.Path(base_dir) / model_name
+    version = version or next_version(model_base)
+    target = model_base / str(version)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists: pass --overwrite or another --version")
+
+    d = vae.config.encoded_size
+    module = VAEServingModule(vae.encoder_body, vae.decoder_body, d)
+    history = pathlib.Path(run_dir) / "history.csv"
+    epochs = len(history.read_text().strip().splitlines()) - 1 if history.exists() else None
+    metadata = {
+        "schema_version": METADATA_SCHEMA_VERSION,
+        "model_name": model_name,
+        "model_version": version,
+        "latent_size": d,
+        "image_shape": list(IMAGE_SHAPE),
+        "signatures": _signature_schema(module),
+        "default_signature": "encode",
+        "training": {**config, "epochs_completed": epochs, "checkpoint": str(checkpoint)},
+        "metrics": None,  # filled in by `python -m training evaluate --update-metadata`
+        "versions": {"tensorflow": tf.__version__, "tensorflow_probability": tfp.__version__,
+                     "tf_keras": tf_keras.__version__, "python": platform.python_version()},
+        "git_commit": _git_commit(),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    # Save beside the target and rename, so a crash never leaves a half-written version to be served.
+    model_base.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_base))
+    tf.saved_model.save(module, str(tmp), signatures={
+        "serving_default": module.encode, "encode": module.encode, "decode": module.decode,
+        "sample": module.sample, "reconstruct": module.reconstruct,
+    })
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def read_metadata(model_dir):
+    return json.loads((pathlib.Path(model_dir) / METADATA_FILE).read_text())
+
+
+def write_metadata(model_dir, metadata):
+    path = pathlib.Path(model_dir) / METADATA_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+    tmp.replace(path)
