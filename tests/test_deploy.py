@@ -1,0 +1,185 @@
+"""Static checks of the deployment files: no Docker engine runs here, so these read, never build or run."""
+
+import fnmatch
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads compose's merge tags (`!reset`, `!override`) as plain values."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+_ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_object(node, deep=True))
+
+
+def load_compose(name):
+    return yaml.load((ROOT / name).read_text(), Loader=_ComposeLoader)
+
+
+def dockerfile_stages():
+    """{stage name: [(instruction, arguments)]}, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            match = re.search(r"\bAS\s+(\S+)", args, re.IGNORECASE)
+            assert match, f"every stage is named, got FROM {args}"
+            current = match.group(1)
+            stages[current] = [(instruction, args)]
+        else:
+            assert current, f"{instruction} before the first FROM"
+            stages[current].append((instruction, args))
+    return stages
+
+
+def dockerignored(path):
+    """Whether .dockerignore keeps `path` out of the build context (last matching rule wins)."""
+    ignored = False
+    for rule in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = rule.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        keep = rule.startswith("!")
+        pattern = rule.lstrip("!").strip("/")
+        parts = path.split("/")
+        # A rule on a folder covers everything below it.
+        if any(fnmatch.fnmatchcase("/".join(parts[:i]), pattern) for i in range(1, len(parts) + 1)):
+            ignored = not keep
+    return ignored
+
+
+def stage_instructions(stage, instruction):
+    return [args for name, args in dockerfile_stages()[stage] if name == instruction]
+
+
+# --- docker-compose.yml ---
+
+
+def test_compose_has_api_and_train_services():
+    services = load_compose("docker-compose.yml")["services"]
+    assert set(services) == {"api", "train"}
+    assert services["api"]["build"]["target"] == "api"
+    assert services["train"]["build"]["target"] == "train"
+
+
+def test_compose_api_publishes_port_8000():
+    assert load_compose("docker-compose.yml")["services"]["api"]["ports"] == ["8000:8000"]
+
+
+def test_compose_api_healthcheck_calls_healthz():
+    check = load_compose("docker-compose.yml")["services"]["api"]["healthcheck"]
+    assert check["test"][0] == "CMD"
+    assert "http://127.0.0.1:8000/healthz" in " ".join(check["test"])
+    assert {"interval", "timeout", "retries", "start_period"} <= set(check)
+
+
+@pytest.mark.parametrize("service", ["api", "train"])
+def test_compose_reserves_gpu(service):
+    devices = load_compose("docker-compose.yml")["services"][service]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+def test_compose_train_is_behind_a_profile():
+    services = load_compose("docker-compose.yml")["services"]
+    assert services["train"]["profiles"] == ["train"]
+    assert "profiles" not in services["api"]
+
+
+def test_compose_train_writes_into_the_volume_api_serves():
+    compose = load_compose("docker-compose.yml")
+    api, train = compose["services"]["api"], compose["services"]["train"]
+    assert "models:/models" in api["volumes"]
+    assert "models:/models" in train["volumes"]
+    assert "models" in compose["volumes"]
+    assert api["environment"]["VAE_MODEL_DIR"] == "/models/mnist_vae/${MODEL_VERSION:-1}"
+    command = " ".join(train["command"])
+    assert "--base-dir /models" in command
+    assert "--data-dir /data/mnist" in command
+
+
+def test_compose_cpu_override_drops_gpu():
+    services = load_compose("docker-compose.cpu.yml")["services"]
+    for name, extras in [("api", "serve"), ("train", "train")]:
+        assert services[name]["deploy"] is None, f"{name}: deploy must be !reset"
+        assert services[name]["build"]["args"]["EXTRAS"] == extras
+
+
+# --- Dockerfile ---
+
+
+def test_dockerfile_api_is_the_default_target():
+    assert list(dockerfile_stages())[-1] == "api"
+
+
+@pytest.mark.parametrize("stage", ["api", "train"])
+def test_dockerfile_runs_as_non_root(stage):
+    users = stage_instructions(stage, "USER")
+    assert users, f"{stage}: no USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"{stage} runs as {users[-1]}"
+
+
+def test_dockerfile_api_healthcheck_calls_healthz():
+    (check,) = stage_instructions("api", "HEALTHCHECK")
+    assert "/healthz" in check
+    assert "curl" not in check and "wget" not in check, "slim images have neither"
+
+
+def test_dockerfile_api_starts_the_service():
+    (entrypoint,) = stage_instructions("api", "ENTRYPOINT")
+    assert entrypoint == '["python", "-m", "service"]'
+
+
+def test_dockerfile_api_copies_only_service_and_model():
+    copied = []
+    for name, args in dockerfile_stages()["base"] + dockerfile_stages()["api"]:
+        if name in {"COPY", "ADD"}:
+            sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+            copied += sources
+    assert sorted(copied) == ["README.md", "models/mnist_vae/", "pyproject.toml", "service/"]
+
+
+def test_dockerfile_api_installs_no_training_extra():
+    installs = [args for args in stage_instructions("api", "RUN") if "pip install" in args]
+    assert installs and not any("train" in args for args in installs)
+    assert "EXTRAS=serve,gpu" in stage_instructions("api", "ARG")
+
+
+def test_pyproject_extras_keep_serving_free_of_tfp():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serving = project["dependencies"] + project["optional-dependencies"]["serve"]
+    assert not [r for r in serving if r.startswith(("tensorflow-probability", "tf-keras"))]
+    assert any(r.startswith("tensorflow-probability") for r in project["optional-dependencies"]["train"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "data/mnist/train-images-idx3-ubyte.gz",
+        "runs/default/checkpoints/ckpt-1.index",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "tests/test_deploy.py",
+        "service/__pycache__/app.cpython-311.pyc",
+    ],
+)
+def test_dockerignore_excludes(path):
+    assert dockerignored(path)
+
+
+@pytest.mark.parametrize("path", ["service/__main__.py", "models/mnist_vae/1/saved_model.pb", "pyproject.toml"])
+def test_dockerignore_keeps(path):
+    assert not dockerignored(path)
