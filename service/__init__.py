@@ -1,0 +1,1 @@
+"""HTTP service over the exported MNIST VAE SavedModel. Imports TensorFlow only: never `training` or TFP."""

@@ -1,0 +1,193 @@
+"""Dynamic batching: one bounded queue and one worker per signature, merging concurrent requests into one model call."""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.model import VaeModel
+
+log = logging.getLogger(__name__)
+
+# A batch function takes the payloads of a batch and returns one result per payload, in order.
+BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+class QueueFullError(RuntimeError):
+    """The batcher's queue is at VAE_QUEUE_MAX; the caller should answer 503 with Retry-After."""
+
+
+class ShuttingDownError(RuntimeError):
+    """The batcher stopped before the request was served."""
+
+
+@dataclass
+class _Item:
+    payload: Any
+    size: int  # images this request adds to a batch
+    future: asyncio.Future
+    enqueued: float = field(default=0.0)
+
+
+class Batcher:
+    def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
+                 executor: Executor, metrics: Metrics):
+        assert max_size >= 1, f"batch max size must be >= 1, got {max_size}"
+        assert max_delay_s >= 0, f"batch max delay must be >= 0, got {max_delay_s}"
+        assert queue_max >= 1, f"queue max must be >= 1, got {queue_max}"
+        self.name = name
+        self.max_size = max_size
+        self.max_delay_s = max_delay_s
+        self._batch_fn = batch_fn
+        self._executor = executor
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_max)
+        self._carry: _Item | None = None  # an item that did not fit into the previous batch
+        self._task: asyncio.Task | None = None
+        self._batch_size = metrics.batch_size.labels(name)
+        self._queue_wait = metrics.queue_wait.labels(name)
+        self._queue_depth = metrics.queue_depth.labels(name)
+        self._rejected = metrics.rejected.labels(name)
+        self._inference = metrics.inference.labels(name)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        pending = [self._carry] if self._carry else []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        _fail(pending, ShuttingDownError(f"{self.name} batcher stopped"))
+
+    async def submit(self, payload: Any, size: int) -> Any:
+        """Queue one request of `size` images and wait for its own share of a batch's result."""
+        loop = asyncio.get_running_loop()
+        item = _Item(payload, size, loop.create_future(), loop.time())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._rejected.inc()
+            raise QueueFullError(f"{self.name} queue is full ({self._queue.maxsize} requests waiting)") from None
+        self._queue_depth.set(self._queue.qsize())
+        return await item.future
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            try:
+                await self._dispatch(batch)
+            except Exception:  # keep serving: _dispatch already failed the batch's futures
+                log.exception("%s batch of %d requests failed", self.name, len(batch))
+
+    async def _collect(self) -> list[_Item]:
+        """Wait for a first item, then take what is queued until the batch is full, the queue is idle or the delay
+        (counted from the first item's arrival) is over."""
+        loop = asyncio.get_running_loop()
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, size = [first], first.size
+        deadline = first.enqueued + self.max_delay_s
+        while size < self.max_size:
+            if self._queue.empty():
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0)  # one loop turn, so requests already being parsed can join
+                if self._queue.empty():
+                    break  # idle: a lone client does not wait out the delay
+                continue
+            item = self._queue.get_nowait()
+            if size + item.size > self.max_size:
+                self._carry = item
+                break
+            batch.append(item)
+            size += item.size
+        self._queue_depth.set(self._queue.qsize())
+        return batch
+
+    async def _dispatch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        live = [item for item in batch if not item.future.done()]  # callers that went away are not computed
+        if not live:
+            return
+        now = loop.time()
+        for item in live:
+            self._queue_wait.observe(now - item.enqueued)
+        self._batch_size.observe(sum(item.size for item in live))
+        try:
+            with self._inference.time():
+                results = await loop.run_in_executor(self._executor, self._batch_fn, [item.payload for item in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"{self.name} batch function gave {len(results)} results for {len(live)} requests")
+        except asyncio.CancelledError:
+            _fail(live, ShuttingDownError(f"{self.name} batcher stopped"))
+            raise
+        except Exception as err:
+            _fail(live, err)
+            raise
+        for item, result in zip(live, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+
+def _fail(items: list[_Item], err: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(err)
+
+
+def stacked(fn: Callable[[np.ndarray], dict[str, np.ndarray]]) -> BatchFn:
+    """Batch function for array payloads: one call on the concatenation, outputs split back by each payload's rows."""
+
+    def run(payloads: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        inputs = payloads[0] if len(payloads) == 1 else np.concatenate(payloads)
+        outputs = fn(inputs)
+        for name, array in outputs.items():
+            assert len(array) == len(inputs), f"output {name} has {len(array)} rows for {len(inputs)} inputs"
+        bounds = np.cumsum([0] + [len(p) for p in payloads])
+        return [{name: array[start:stop] for name, array in outputs.items()}
+                for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    return run
+
+
+def deduplicated(fn: Callable[..., dict[str, np.ndarray]]) -> BatchFn:
+    """Batch function for argument-tuple payloads that cannot be merged (the sample signature takes one seed):
+    identical requests share one call."""
+
+    def run(payloads: Sequence[tuple]) -> list[dict[str, np.ndarray]]:
+        results: dict[tuple, dict[str, np.ndarray]] = {}
+        for args in payloads:
+            if args not in results:
+                results[args] = fn(*args)
+        return [results[args] for args in payloads]
+
+    return run
+
+
+@dataclass(frozen=True)
+class Batchers:
+    encode: Batcher
+    decode: Batcher
+    reconstruct: Batcher
+    sample: Batcher
+
+    @classmethod
+    def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, executor: Executor,
+                  metrics: Metrics) -> "Batchers":
+        def batcher(name: str, batch_fn: BatchFn) -> Batcher:
+            return Batcher(name, batch_fn, max_size=max_size, max_delay_s=max_delay_s, queue_max=queue_max,
+                           executor=executor, metrics=metrics)
+
+        return cls(encode=batcher("encode", stacked(model.encode)), decode=batcher("decode", stacked(model.decode)),
+                   reconstruct=batcher("reconstruct", stacked(model.reconstruct)),
+                   sample=batcher("sample", deduplicated(model.sample)))
+
+    def all(self) -> tuple[Batcher, ...]:
+        return self.encode, self.decode, self.reconstruct, self.sample

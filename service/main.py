@@ -1,0 +1,53 @@
+"""Builds the FastAPI app; the model is loaded in the lifespan handler, not at import."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.batching import Batchers
+from service.errors import install_error_handlers
+from service.metrics import Metrics, MetricsMiddleware
+from service.model import configure_device, load_model
+from service.routes import inference, ops
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = configure_device(settings.gpu_memory_growth)
+        model = await asyncio.to_thread(load_model, settings.model_dir, device)
+        await asyncio.to_thread(model.warm_up)
+        # Model calls run on these threads, off the event loop; one per batcher is enough since each has one worker.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="model") as executor:
+            batchers = Batchers.for_model(model, max_size=settings.batch_max_size,
+                                          max_delay_s=settings.batch_max_delay_ms / 1000,
+                                          queue_max=settings.queue_max, executor=executor, metrics=metrics)
+            for batcher in batchers.all():
+                batcher.start()
+            app.state.model, app.state.batchers, app.state.ready = model, batchers, True
+            log.info("ready: batching up to %d images, %.1f ms delay, queue %d", settings.batch_max_size,
+                     settings.batch_max_delay_ms, settings.queue_max)
+            yield
+            app.state.ready = False
+            for batcher in batchers.all():
+                await batcher.stop()
+
+    app = FastAPI(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
+                  version="1", lifespan=lifespan)
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.model, app.state.batchers, app.state.ready = None, None, False
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_error_handlers(app, settings.retry_after_s)
+    app.include_router(inference.router)
+    app.include_router(ops.router)
+    return app

@@ -1,0 +1,139 @@
+"""The SavedModel behind the service: device setup, loading, the metadata contract check, numpy-in/numpy-out calls."""
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+SIGNATURES = ("encode", "decode", "sample", "reconstruct")
+
+
+class ModelContractError(RuntimeError):
+    """The model directory or its metadata does not match what the service needs."""
+
+
+def configure_device(gpu_memory_growth: bool) -> str:
+    """Set GPU memory growth (before any op runs) and return the device TensorFlow will place ops on."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, gpu_memory_growth)
+    device = "/GPU:0" if gpus else "/CPU:0"
+    log.info("tensorflow %s runs on %s (GPUs found: %d, memory growth: %s)", tf.__version__, device, len(gpus),
+             gpu_memory_growth)
+    return device
+
+
+class VaeModel:
+    def __init__(self, root: Any, metadata: dict[str, Any], device: str):
+        self._root = root  # keeps the loaded variables alive
+        self._signatures = root.signatures
+        self.metadata = metadata
+        self.device = device
+        # Identifies the exported model (not just its version number) for ETags.
+        self.fingerprint = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def latent_size(self) -> int:
+        return self.metadata["latent_size"]
+
+    @property
+    def name(self) -> str:
+        return self.metadata["model_name"]
+
+    @property
+    def version(self) -> int:
+        return self.metadata["model_version"]
+
+    def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images (B, 28, 28, 1) float32 -> mean (B, d), scale_tril (B, d, d), covariance (B, d, d)."""
+        return _numpy(self._signatures["encode"](images=images))
+
+    def decode(self, latents: np.ndarray) -> dict[str, np.ndarray]:
+        """latents (B, d) float32 -> logits, probs, mode (B, 28, 28, 1)."""
+        return _numpy(self._signatures["decode"](latents=latents))
+
+    def reconstruct(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images (B, 28, 28, 1) float32 -> mean (B, d), probs, mode (B, 28, 28, 1)."""
+        return _numpy(self._signatures["reconstruct"](images=images))
+
+    def sample(self, n: int, seed: int) -> dict[str, np.ndarray]:
+        """n prior draws for a seed (same seed, same draws) -> latents (n, d), probs, mode (n, 28, 28, 1)."""
+        outputs = self._signatures["sample"](num_samples=tf.constant(n, tf.int32), seed=tf.constant(seed, tf.int64))
+        return _numpy(outputs)
+
+    def warm_up(self) -> None:
+        """One call per signature, so the first request does not pay for graph setup."""
+        images = np.zeros((1, *self.metadata["image_shape"]), np.float32)
+        self.encode(images)
+        self.reconstruct(images)
+        self.decode(np.zeros((1, self.latent_size), np.float32))
+        self.sample(1, 0)
+
+
+def _numpy(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+def load_model(model_dir: Path, device: str) -> VaeModel:
+    """Load the SavedModel and check metadata.json against its signatures; raise ModelContractError if they differ."""
+    model_dir = Path(model_dir)
+    metadata_path = model_dir / "metadata.json"
+    if not (model_dir / "saved_model.pb").is_file():
+        raise ModelContractError(f"no SavedModel at {model_dir} (no saved_model.pb); set --model-dir or VAE_MODEL_DIR")
+    if not metadata_path.is_file():
+        raise ModelContractError(f"{metadata_path} is missing; the service needs the metadata written at export")
+    try:
+        metadata = json.loads(metadata_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelContractError(f"{metadata_path} is not valid JSON: {err}") from err
+    root = tf.saved_model.load(str(model_dir))
+    check_contract(metadata, root.signatures)
+    log.info("loaded %s v%s from %s (latent size %d)", metadata["model_name"], metadata["model_version"], model_dir,
+             metadata["latent_size"])
+    return VaeModel(root, metadata, device)
+
+
+def check_contract(metadata: dict[str, Any], signatures: Any) -> None:
+    """Fail with a message naming both values when metadata.json and the loaded signatures disagree."""
+    problems = []
+    if metadata.get("schema_version") != 1:
+        problems.append(f"schema_version is {metadata.get('schema_version')!r}, the service reads version 1")
+    missing = [name for name in SIGNATURES if name not in signatures]
+    if missing:
+        problems.append(f"signatures {missing} are missing (the model has {sorted(signatures.keys())})")
+    for key in ("model_name", "model_version", "latent_size", "image_shape"):
+        if key not in metadata:
+            problems.append(f"metadata.json has no {key!r}")
+    if problems:
+        raise ModelContractError("model contract broken: " + "; ".join(problems))
+
+    latent_size, image_shape = metadata["latent_size"], list(metadata["image_shape"])
+    shapes = {
+        "encode input images": (_input_shape(signatures["encode"], "images"), [None, *image_shape]),
+        "encode output mean": (_output_shape(signatures["encode"], "mean"), [None, latent_size]),
+        "decode input latents": (_input_shape(signatures["decode"], "latents"), [None, latent_size]),
+        "decode output mode": (_output_shape(signatures["decode"], "mode"), [None, *image_shape]),
+        "reconstruct input images": (_input_shape(signatures["reconstruct"], "images"), [None, *image_shape]),
+        "sample output latents": (_output_shape(signatures["sample"], "latents"), [None, latent_size]),
+    }
+    for what, (actual, expected) in shapes.items():
+        if actual != expected:
+            problems.append(f"{what} has shape {actual}, metadata.json implies {expected}")
+    if problems:
+        raise ModelContractError("metadata.json does not match the SavedModel: " + "; ".join(problems))
+
+
+def _input_shape(signature: Any, name: str) -> list | None:
+    spec = signature.structured_input_signature[1].get(name)
+    return None if spec is None else spec.shape.as_list()
+
+
+def _output_shape(signature: Any, name: str) -> list | None:
+    spec = signature.structured_outputs.get(name)
+    return None if spec is None else spec.shape.as_list()

@@ -1,0 +1,106 @@
+"""Request bodies -> numpy arrays, with a clear 4xx for every way a body can be wrong.
+
+Big arrays are parsed with orjson and checked with numpy, not pydantic, to keep the request path lean."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import HTTPException, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.images import SIDE, ImageError, load_image
+from service.settings import Settings
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is {declared} bytes, the limit is {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise HTTPException(400, "request body is empty")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        try:  # stdlib json accepts NaN and Infinity, so those get the clearer "not finite" error below
+            document = json.loads(body)
+        except ValueError:
+            raise HTTPException(400, f"malformed JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise HTTPException(422, f"the JSON body must be an object, got {type(document).__name__}")
+    return document
+
+
+def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], max_items: int) -> np.ndarray:
+    """document[key] as float32 (N, *item_shape), checked for presence, shape, count and finiteness."""
+    if key not in document:
+        raise HTTPException(422, f"the JSON body has no {key!r} field")
+    value = document[key]
+    if not isinstance(value, list) or not value:
+        raise HTTPException(422, f"{key!r} must be a non-empty list")
+    if len(value) > max_items:
+        raise HTTPException(422, f"{key!r} has {len(value)} items, the limit is {max_items}")
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise HTTPException(422, f"{key!r} must be a list of arrays of numbers shaped {list(item_shape)}") from None
+    if array.shape[1:] != item_shape:
+        raise HTTPException(422, f"{key!r} items must have shape {list(item_shape)}, got {list(array.shape[1:])}")
+    if not np.isfinite(array).all():
+        raise HTTPException(422, f"{key!r} contains NaN or infinity")
+    return array
+
+
+async def read_images(request: Request, settings: Settings, invert: bool | None, normalize: bool) -> np.ndarray:
+    """Images from multipart file uploads (any format Pillow reads) or JSON {"images": [28x28 arrays in [0, 1]]},
+    as float32 (N, 28, 28, 1)."""
+    body = await read_body(request, settings.max_body_bytes)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        uploads = await _uploads(request, body, settings.max_images)
+        # Decoding can be slow for large photos: keep it off the event loop.
+        images = await asyncio.to_thread(_decode_uploads, uploads, settings, invert, normalize)
+    else:
+        images = json_array(parse_json(body), "images", (SIDE, SIDE), settings.max_images)
+        if images.min() < 0 or images.max() > 1:
+            raise HTTPException(422, f"'images' values must lie in [0, 1], got {images.min():g} to {images.max():g}")
+    return images.reshape(len(images), SIDE, SIDE, 1)
+
+
+async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple[str, bytes]]:
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        parser = MultiPartParser(request.headers, stream(), max_files=max_images, max_part_size=len(body) + 1)
+        form = await parser.parse()
+    except MultiPartException as err:
+        status = 422 if "Too many files" in err.message else 400
+        raise HTTPException(status, f"bad multipart body: {err.message}") from None
+    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    if not files:
+        raise HTTPException(400, "the multipart body has no files; send images as file fields (-F files=@digit.png)")
+    return [(upload.filename or f"#{i}", await upload.read()) for i, upload in enumerate(files)]
+
+
+def _decode_uploads(uploads: list[tuple[str, bytes]], settings: Settings, invert: bool | None,
+                    normalize: bool) -> np.ndarray:
+    try:
+        return np.stack([load_image(data, name, max_pixels=settings.max_image_pixels, invert=invert,
+                                    normalize=normalize) for name, data in uploads])
+    except ImageError as err:
+        raise HTTPException(err.status, str(err)) from None

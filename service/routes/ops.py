@@ -1,0 +1,44 @@
+"""Operational routes: model metadata, liveness, readiness, Prometheus metrics."""
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import schemas
+from service.deps import ModelDep, SettingsDep
+from service.responses import json_response
+
+router = APIRouter()
+METADATA_KEYS = ("signatures", "default_signature", "training", "metrics", "versions", "git_commit", "created_at")
+
+
+@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses=schemas.ERRORS)
+async def model_info(model: ModelDep, settings: SettingsDep) -> Response:
+    """Metadata of the served model, the device TensorFlow runs on, and the batching settings."""
+    meta = model.metadata
+    return json_response({
+        "name": model.name, "version": model.version, "latent_size": model.latent_size,
+        "image_shape": meta["image_shape"], "device": model.device,
+        **{key: meta.get(key) for key in METADATA_KEYS},
+        "batching": {"max_size": settings.batch_max_size, "max_delay_ms": settings.batch_max_delay_ms,
+                     "queue_max": settings.queue_max},
+    })
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses={503: {"model": schemas.Problem}})
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 once the model is loaded and every signature has been called once."""
+    if not request.app.state.ready:
+        return json_response({"detail": "the model is not loaded yet"}, status=503, headers={"Retry-After": "1"})
+    return json_response({"status": "ready"})
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latency, model inference time, batch sizes, queue wait and depth."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,91 @@
+"""Pydantic models that document the API in OpenAPI. Routes parse big arrays with orjson and numpy instead
+(see payloads.py), so these never validate a request on the hot path."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+BLANK_DIGIT = [[0.0] * 28 for _ in range(28)]
+LATENT_EXAMPLE = [0.1, -0.4, 1.2, 0.0, -0.8, 0.3, 0.5, -1.1, 0.9, 0.2, -0.3, 0.7, -0.6, 0.4, 1.0, -0.2]
+
+
+class ImagesBody(BaseModel):
+    images: list[list[list[float]]] = Field(description="28x28 grayscale arrays in [0, 1], white digit on black.",
+                                            examples=[[BLANK_DIGIT]])
+
+
+class LatentsBody(BaseModel):
+    latents: list[list[float]] = Field(description="Latent vectors of the model's latent size.",
+                                       examples=[[LATENT_EXAMPLE]])
+    output: str | None = Field(None, description="'mode' (0/1 pixels, default) or 'probs' (pixel probabilities); "
+                                                 "overrides the query parameter.", examples=["mode"])
+
+
+class Encoded(BaseModel):
+    model: str = Field(examples=["mnist_vae"])
+    version: int = Field(examples=[1])
+    mean: list[list[float]] = Field(description="(B, d) posterior means.", examples=[[LATENT_EXAMPLE]])
+    covariance: list[list[list[float]]] = Field(description="(B, d, d) posterior covariances.")
+    scale_tril: list[list[list[float]]] = Field(description="(B, d, d) lower Cholesky factors of the covariances.")
+
+
+class Decoded(BaseModel):
+    model: str = Field(examples=["mnist_vae"])
+    version: int = Field(examples=[1])
+    output: str = Field(examples=["mode"])
+    images: list[list[list[float]]] = Field(description="(B, 28, 28) decoder modes or probabilities.")
+
+
+class Reconstructed(Decoded):
+    mean: list[list[float]] = Field(description="(B, d) posterior means the images were decoded from.")
+
+
+class Samples(Decoded):
+    seed: int = Field(examples=[7])
+    latents: list[list[float]] = Field(description="(n, d) draws from the prior.")
+
+
+class Problem(BaseModel):
+    detail: str = Field(examples=["'latents' items must have shape [16], got [3]"])
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    latent_size: int
+    image_shape: list[int]
+    device: str = Field(examples=["/CPU:0"])
+    signatures: dict[str, Any]
+    default_signature: str
+    training: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    versions: dict[str, Any] | None
+    git_commit: str | None
+    created_at: str | None
+    batching: dict[str, Any]
+
+
+MULTIPART_IMAGES = {
+    "schema": {
+        "type": "object",
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": "Images in any format Pillow reads (PNG, JPEG, BMP, GIF, WebP...)."}},
+        "required": ["files"],
+    },
+}
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"},
+                     "description": "One 28x28 image, or a grid of ceil(sqrt(B)) columns for several."}}
+ERRORS = {status: {"model": Problem} for status in (400, 413, 422, 503)}
+
+
+def images_request_body() -> dict[str, Any]:
+    """openapi_extra for routes that read images themselves: JSON arrays or multipart uploads."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ImagesBody.model_json_schema()},
+        "multipart/form-data": MULTIPART_IMAGES,
+    }}}
+
+
+def latents_request_body() -> dict[str, Any]:
+    content = {"application/json": {"schema": LatentsBody.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": content}}
