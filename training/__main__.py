@@ -84,6 +84,7 @@ def main(argv=None):
                             args.train_limit),
                 data_dir=args.data_dir,
                 resume=args.resume,
+                verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
             )
         elif args.command == "evaluate":
             from training.evaluate import evaluate_command

@@ -63,7 +63,7 @@ def load_mnist(split, data_dir=None, limit=None):
 
     data_dir is a folder holding the four IDX .gz files; None downloads them once into ~/.cache."""
     image_file, label_file, count = FILES[split]
-    folder = pathlib.Path(data_dir) if data_dir is not None else download()
+    folder = pathlib.Path(data_dir) if data_dir is not None else download(DEFAULT_CACHE)
     if not folder.is_dir():
         raise DataError(f"MNIST data folder does not exist: {folder}")
     images = _read_idx(folder / image_file, 3)

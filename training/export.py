@@ -17,7 +17,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from training.model import IMAGE_SHAPE, make_prior
-from training.train import restore_weights
+from training.train import read_history, restore_weights
 
 tfpl = tfp.layers
 
@@ -109,8 +109,7 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
 
     d = vae.config.encoded_size
     module = VAEServingModule(vae.encoder_body, vae.decoder_body, d)
-    history = pathlib.Path(run_dir) / "history.csv"
-    epochs = len(history.read_text().strip().splitlines()) - 1 if history.exists() else None
+    history = read_history(run_dir)
     metadata = {
         "schema_version": METADATA_SCHEMA_VERSION,
         "model_name": model_name,
@@ -119,7 +118,7 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
         "image_shape": list(IMAGE_SHAPE),
         "signatures": _signature_schema(module),
         "default_signature": "encode",
-        "training": {**config, "epochs_completed": epochs, "checkpoint": str(checkpoint)},
+        "training": {**config, "epochs_completed": len(history), "checkpoint": str(checkpoint), "history": history},
         "metrics": None,  # filled in by `python -m training evaluate --update-metadata`
         "versions": {"tensorflow": tf.__version__, "tensorflow_probability": tfp.__version__,
                      "tf_keras": tf_keras.__version__, "python": platform.python_version()},

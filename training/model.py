@@ -77,6 +77,20 @@ def make_decoder_body(config):
     )
 
 
+class KLDivergenceOnceRegularizer(tfpl.KLDivergenceRegularizer):
+    """tfpl.KLDivergenceRegularizer that adds the KL once per call.
+
+    Keras applies an activity regularizer to every flattened output of a layer, and a TFP distribution
+    layer's __call__ outputs the pair (distribution, sampled tensor that carries the distribution), so
+    the stock regularizer adds the KL twice (TFP 0.25 with tf_keras 2.21): beta = 1 would train as 2.
+    Here the plain-tensor half of the pair contributes zero."""
+
+    def __call__(self, distribution_a):
+        if not isinstance(distribution_a, tfd.Distribution):
+            return tf.zeros([])
+        return super().__call__(distribution_a)
+
+
 class VAE:
     """The Keras models of the design. `encoder` ends in MultivariateNormalTriL with the KL regularizer;
     `decoder` ends in IndependentBernoulli; `vae` chains them. The *_body models hold all the weights and
@@ -94,7 +108,7 @@ class VAE:
                 self.encoder_body,
                 tfpl.MultivariateNormalTriL(
                     d,
-                    activity_regularizer=tfpl.KLDivergenceRegularizer(
+                    activity_regularizer=KLDivergenceOnceRegularizer(
                         self.prior, weight=config.beta, use_exact_kl=True
                     ),
                 ),

@@ -1,6 +1,7 @@
 """Training with Keras fit: a checkpoint (weights, optimizer, epoch) every epoch, --resume from the
 latest one, TensorBoard logs and a CSV history for the training-curve plot."""
 
+import csv
 import dataclasses
 import json
 import logging
@@ -59,6 +60,15 @@ def build(model_cfg, train_cfg, steps_per_epoch):
         encoder_body=vae.encoder_body, decoder_body=vae.decoder_body, optimizer=optimizer, epoch=epoch
     )
     return vae, checkpoint, epoch
+
+
+def read_history(run_dir):
+    """The per-epoch rows of history.csv (epoch, loss, val_loss), [] before the first epoch."""
+    path = pathlib.Path(run_dir) / "history.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def restore_weights(run_dir):

@@ -1,0 +1,43 @@
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MNIST_DIR = pathlib.Path(os.environ.get("MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    assert (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), f"real MNIST expected at {MNIST_DIR} (set MNIST_DIR)"
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mnist_dir):
+    """A real two-epoch run on 256 training images (and 256 test images for validation)."""
+    from training.model import ModelConfig
+    from training.train import TrainConfig, train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    vae = train(run_dir, ModelConfig(), TrainConfig(epochs=2, batch_size=32, train_limit=256), data_dir=mnist_dir,
+                verbose=0)
+    return run_dir, vae
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory):
+    from training.export import export_run
+
+    run_dir, _ = tiny_run
+    return export_run(run_dir, tmp_path_factory.mktemp("models"), "mnist_vae")
+
+
+@pytest.fixture(scope="session")
+def test_digits(mnist_dir):
+    from training import data
+
+    images, labels = data.load_mnist("test", mnist_dir, limit=64)
+    return data.fixed_binarization(images), labels

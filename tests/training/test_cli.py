@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+import pytest
+
+from training.__main__ import main
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+        (["train", "--learning-rate", "-1"], "--learning-rate: must be a positive number, got -1"),
+        (["train", "--batch-size", "many"], "--batch-size: invalid _positive_int value: 'many'"),
+        (["train", "--lr-schedule", "step"], "invalid choice: 'step'"),
+        (["evaluate"], "one of the arguments --model-dir --run-dir is required"),
+        (["fly"], "invalid choice: 'fly'"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_data_folder_names_it(tmp_path, capsys):
+    code = main(["train", "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "missing")])
+    assert code == 2
+    assert f"error: MNIST data folder does not exist: {tmp_path / 'missing'}" in capsys.readouterr().err
+
+
+def test_cli_export_without_checkpoint_is_clear(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"model": {}, "train": {}}')
+    assert main(["export", "--run-dir", str(tmp_path), "--base-dir", str(tmp_path / "models")]) == 2
+    assert "error: no checkpoint in" in capsys.readouterr().err
+
+
+def test_cli_help_documents_subcommands():
+    out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--resume", "--data-dir", "--epochs", "--batch-size", "--learning-rate", "--beta", "--seed"):
+        assert flag in out.stdout

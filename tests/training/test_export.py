@@ -1,0 +1,121 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.export import export_run, read_metadata
+
+SIGNATURES = ["decode", "encode", "reconstruct", "sample", "serving_default"]
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported)).signatures
+
+
+def test_encode_signature_matches_keras_encoder(tiny_run, loaded, test_digits):
+    _, vae = tiny_run
+    x = tf.constant(test_digits[0][:8])
+    q = vae.encoder(x)
+    out = loaded["encode"](images=x)
+    np.testing.assert_allclose(out["mean"], q.mean(), atol=1e-5)
+    np.testing.assert_allclose(out["scale_tril"], q.scale.to_dense(), atol=1e-5)
+    np.testing.assert_allclose(out["covariance"], q.covariance(), atol=1e-5)
+    np.testing.assert_allclose(loaded["serving_default"](images=x)["mean"], q.mean(), atol=1e-5)
+
+
+def test_decode_signature_matches_keras_decoder(tiny_run, loaded):
+    _, vae = tiny_run
+    z = tf.random.stateless_normal([8, 16], seed=[3, 4])
+    p = vae.decoder(z)
+    out = loaded["decode"](latents=z)
+    assert out["mode"].shape == (8, 28, 28, 1)
+    np.testing.assert_allclose(out["logits"], p.distribution.logits, atol=1e-5)
+    np.testing.assert_allclose(out["probs"], p.distribution.probs_parameter(), atol=1e-5)
+    np.testing.assert_array_equal(out["mode"], p.mode())
+
+
+def test_reconstruct_signature_decodes_posterior_mean(tiny_run, loaded, test_digits):
+    _, vae = tiny_run
+    x = tf.constant(test_digits[0][:8])
+    out = loaded["reconstruct"](images=x)
+    mean = vae.encoder(x).mean()
+    np.testing.assert_allclose(out["mean"], mean, atol=1e-5)
+    np.testing.assert_allclose(out["probs"], vae.decoder(mean).distribution.probs_parameter(), atol=1e-5)
+
+
+def test_sample_signature_is_deterministic_by_seed(tiny_run, loaded):
+    _, vae = tiny_run
+    call = lambda n, seed: loaded["sample"](num_samples=tf.constant(n), seed=tf.constant(seed, tf.int64))  # noqa: E731
+    a, b, c = call(6, 7), call(6, 7), call(6, 8)
+    for key in ("latents", "probs", "mode"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.allclose(a["latents"], c["latents"])
+    assert a["latents"].shape == (6, 16) and a["mode"].shape == (6, 28, 28, 1)
+    # Samples are decoded exactly as decode would, and come from N(0, I).
+    np.testing.assert_allclose(a["probs"], vae.decoder(a["latents"]).distribution.probs_parameter(), atol=1e-5)
+    big = call(4000, 1)["latents"].numpy()
+    assert abs(big.mean()) < 0.02 and abs(big.std() - 1) < 0.02
+    # Large seeds use both 32-bit words.
+    assert not np.allclose(call(2, 2**40)["latents"], call(2, 0)["latents"])
+
+
+def test_saved_model_loads_and_runs_without_tfp_or_training(exported):
+    script = textwrap.dedent(
+        f"""
+        import sys, json
+        import tensorflow as tf
+        m = tf.saved_model.load({str(exported)!r})
+        s = m.signatures
+        enc = s["encode"](images=tf.zeros([2, 28, 28, 1]))
+        dec = s["decode"](latents=tf.zeros([3, 16]))
+        smp = s["sample"](num_samples=tf.constant(4), seed=tf.constant(1, tf.int64))
+        rec = s["reconstruct"](images=tf.ones([1, 28, 28, 1]))
+        print(json.dumps({{
+            "signatures": sorted(s),
+            "shapes": [list(enc["covariance"].shape), list(dec["probs"].shape), list(smp["mode"].shape),
+                       list(rec["mean"].shape)],
+            "leaked": sorted(k for k in sys.modules if k.startswith(("tensorflow_probability", "training"))),
+        }}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"signatures": SIGNATURES, "shapes": [[2, 16, 16], [3, 28, 28, 1], [4, 28, 28, 1], [1, 16]],
+                      "leaked": []}
+
+
+def test_saved_model_cli_lists_every_signature(exported):
+    cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", str(exported), "--all"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in SIGNATURES:
+        assert f"signature_def['{name}']" in out.stdout
+    assert "outputs['covariance']" in out.stdout and "inputs['num_samples']" in out.stdout
+
+
+def test_metadata_describes_model_and_run(exported, tiny_run):
+    meta = read_metadata(exported)
+    assert exported.name == "1" and exported.parent.name == "mnist_vae"
+    assert meta["model_name"] == "mnist_vae" and meta["model_version"] == 1
+    assert meta["latent_size"] == 16 and meta["image_shape"] == [28, 28, 1]
+    assert meta["signatures"]["encode"]["outputs"]["covariance"]["shape"] == [None, 16, 16]
+    assert meta["signatures"]["sample"]["inputs"]["seed"]["dtype"] == "int64"
+    assert meta["training"]["train"]["train_limit"] == 256 and meta["training"]["epochs_completed"] == 2
+    assert len(meta["training"]["history"]) == 2
+    assert meta["versions"]["tensorflow"] == tf.__version__ and meta["created_at"]
+
+
+def test_export_refuses_to_overwrite_and_numbers_next_version(tiny_run, exported):
+    run_dir, _ = tiny_run
+    base = exported.parent.parent
+    with pytest.raises(FileExistsError, match="exists: pass --overwrite"):
+        export_run(run_dir, base, "mnist_vae", version=1)
+    second = export_run(run_dir, base, "mnist_vae")
+    assert second.name == "2" and read_metadata(second)["model_version"] == 2
+    assert not [p for p in second.parent.iterdir() if p.name.startswith(".")], "no temporary folders left behind"

@@ -1,0 +1,48 @@
+import json
+
+import numpy as np
+import pytest
+
+from training.model import ModelConfig
+from training.train import RunError, TrainConfig, read_history, restore_weights, train
+
+
+def test_tiny_training_run_loss_falls(tiny_run):
+    run_dir, _ = tiny_run
+    history = read_history(run_dir)
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert history[1]["loss"] < history[0]["loss"] - 5, history
+    assert all(np.isfinite(row["val_loss"]) for row in history)
+    assert (run_dir / "tensorboard").is_dir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["train_limit"] == 256 and config["model"]["encoded_size"] == 16
+
+
+def test_existing_run_without_resume_is_refused(tiny_run, mnist_dir):
+    run_dir, _ = tiny_run
+    with pytest.raises(RunError, match="already holds a run: pass --resume"):
+        train(run_dir, ModelConfig(), TrainConfig(epochs=3, train_limit=256), data_dir=mnist_dir, verbose=0)
+
+
+def test_resume_without_a_run_is_refused(tmp_path, mnist_dir):
+    with pytest.raises(RunError, match="holds no run"):
+        train(tmp_path, ModelConfig(), TrainConfig(), data_dir=mnist_dir, resume=True, verbose=0)
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, mnist_dir):
+    cfg = TrainConfig(epochs=1, batch_size=32, train_limit=128)
+    small = ModelConfig(encoded_size=4, base_depth=8)
+    first = train(tmp_path, small, cfg, data_dir=mnist_dir, verbose=0)
+    weights_after_epoch_1 = [w.copy() for w in first.encoder_body.get_weights()]
+    restored, _, checkpoint = restore_weights(tmp_path)
+    assert checkpoint.endswith("ckpt-1")
+    for a, b in zip(weights_after_epoch_1, restored.encoder_body.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    # A second invocation (as after an interruption) asks for 3 epochs in all: it runs epochs 2 and 3 only,
+    # keeps the saved model config (the one passed here is ignored) and appends to the history.
+    train(tmp_path, ModelConfig(encoded_size=99), TrainConfig(epochs=3), data_dir=mnist_dir, resume=True, verbose=0)
+    assert [row["epoch"] for row in read_history(tmp_path)] == [0, 1, 2]
+    _, config, checkpoint = restore_weights(tmp_path)
+    assert checkpoint.endswith("ckpt-3") and config["model"]["encoded_size"] == 4
+    assert config["train"]["epochs"] == 3 and config["train"]["train_limit"] == 128
