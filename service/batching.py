@@ -2,9 +2,10 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ class _Item:
     payload: Any
     size: int  # images this request adds to a batch
     future: asyncio.Future
-    enqueued: float = field(default=0.0)
+    enqueued: float  # time.perf_counter(): uvloop's loop.time() has millisecond resolution
 
 
 class Batcher:
@@ -69,7 +70,7 @@ class Batcher:
     async def submit(self, payload: Any, size: int) -> Any:
         """Queue one request of `size` images and wait for its own share of a batch's result."""
         loop = asyncio.get_running_loop()
-        item = _Item(payload, size, loop.create_future(), loop.time())
+        item = _Item(payload, size, loop.create_future(), time.perf_counter())
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -89,14 +90,13 @@ class Batcher:
     async def _collect(self) -> list[_Item]:
         """Wait for a first item, then take what is queued until the batch is full, the queue is idle or the delay
         (counted from the first item's arrival) is over."""
-        loop = asyncio.get_running_loop()
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, size = [first], first.size
         deadline = first.enqueued + self.max_delay_s
         while size < self.max_size:
             if self._queue.empty():
-                if loop.time() >= deadline:
+                if time.perf_counter() >= deadline:
                     break
                 await asyncio.sleep(0)  # one loop turn, so requests already being parsed can join
                 if self._queue.empty():
@@ -116,7 +116,7 @@ class Batcher:
         live = [item for item in batch if not item.future.done()]  # callers that went away are not computed
         if not live:
             return
-        now = loop.time()
+        now = time.perf_counter()
         for item in live:
             self._queue_wait.observe(now - item.enqueued)
         self._batch_size.observe(sum(item.size for item in live))

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.batching import Batchers
+from service.deps import Serving
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import configure_device, load_model
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                           queue_max=settings.queue_max, executor=executor, metrics=metrics)
             for batcher in batchers.all():
                 batcher.start()
-            app.state.model, app.state.batchers, app.state.ready = model, batchers, True
+            app.state.serving, app.state.ready = Serving(model, batchers, settings), True
             log.info("ready: batching up to %d images, %.1f ms delay, queue %d", settings.batch_max_size,
                      settings.batch_max_delay_ms, settings.queue_max)
             yield
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
                   version="1", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics
-    app.state.model, app.state.batchers, app.state.ready = None, None, False
+    app.state.serving, app.state.ready = None, False
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(inference.router)

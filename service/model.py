@@ -39,6 +39,11 @@ class VaeModel:
         self.fingerprint = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
+    def identity(self) -> dict[str, Any]:
+        """The fields every model response starts with."""
+        return {"model": self.name, "version": self.version}
+
+    @property
     def latent_size(self) -> int:
         return self.metadata["latent_size"]
 

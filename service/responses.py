@@ -16,10 +16,6 @@ def json_response(content: dict[str, Any], headers: dict[str, str] | None = None
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json")
 
 
-def png_response(images: np.ndarray, headers: dict[str, str] | None = None) -> Response:
-    return Response(to_png(images), media_type="image/png", headers=headers)
-
-
 def wants_png(request: Request, format: Format | None) -> bool:
     """`format` wins; without it, PNG only when the Accept header names image/png."""
     if format is not None:
@@ -33,6 +29,10 @@ def check_output(output: Any) -> Output:
     return output
 
 
-def images_json(images: np.ndarray) -> np.ndarray:
-    """(B, 28, 28, 1) -> (B, 28, 28) lists in JSON; reshape keeps the array contiguous, as orjson requires."""
-    return images.reshape(images.shape[:3])
+def images_response(request: Request, format: Format | None, images: np.ndarray, fields: dict[str, Any],
+                    headers: dict[str, str] | None = None) -> Response:
+    """(B, 28, 28, 1) images as a PNG (grid), or as JSON `images` (B, 28, 28) next to `fields`."""
+    if wants_png(request, format):
+        return Response(to_png(images), media_type="image/png", headers=headers)
+    # reshape, not [..., 0]: orjson serialises only contiguous arrays
+    return json_response({**fields, "images": images.reshape(images.shape[:3])}, headers)

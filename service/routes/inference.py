@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from service import schemas
-from service.deps import BatchersDep, ModelDep, SettingsDep
+from service.deps import ServingDep
 from service.payloads import json_array, parse_json, read_body, read_images
-from service.responses import Format, Output, check_output, images_json, json_response, png_response, wants_png
+from service.responses import Format, Output, check_output, images_response, json_response, wants_png
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
@@ -23,63 +23,55 @@ IMAGE_RESPONSES = {200: {"content": schemas.PNG}, **schemas.ERRORS}
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
              openapi_extra=schemas.images_request_body())
-async def encode(request: Request, model: ModelDep, batchers: BatchersDep, settings: SettingsDep,
-                 invert: InvertQuery = None, normalize: NormalizeQuery = False) -> Response:
+async def encode(request: Request, serving: ServingDep, invert: InvertQuery = None,
+                 normalize: NormalizeQuery = False) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril."""
-    images = await read_images(request, settings, invert, normalize)
-    out = await batchers.encode.submit(images, len(images))
-    return json_response({"model": model.name, "version": model.version, "mean": out["mean"],
-                          "covariance": out["covariance"], "scale_tril": out["scale_tril"]})
+    images = await read_images(request, serving.settings, invert, normalize)
+    out = await serving.batchers.encode.submit(images, len(images))
+    return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
+                          "scale_tril": out["scale_tril"]})
 
 
 @router.post("/decode", response_model=schemas.Decoded, responses=IMAGE_RESPONSES,
              openapi_extra=schemas.latents_request_body())
-async def decode(request: Request, model: ModelDep, batchers: BatchersDep, settings: SettingsDep,
-                 output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
+async def decode(request: Request, serving: ServingDep, output: OutputQuery = "mode",
+                 format: FormatQuery = None) -> Response:
     """Decode latent vectors into digits, as a PNG (grid) or JSON arrays."""
-    document = parse_json(await read_body(request, settings.max_body_bytes))
+    document = parse_json(await read_body(request, serving.settings.max_body_bytes))
     output = check_output(document.get("output", output))
-    latents = json_array(document, "latents", (model.latent_size,), settings.max_images)
-    out = await batchers.decode.submit(latents, len(latents))
-    if wants_png(request, format):
-        return png_response(out[output])
-    return json_response({"model": model.name, "version": model.version, "output": output,
-                          "images": images_json(out[output])})
+    latents = json_array(document, "latents", (serving.model.latent_size,), serving.settings.max_images)
+    out = await serving.batchers.decode.submit(latents, len(latents))
+    return images_response(request, format, out[output], {**serving.model.identity, "output": output})
 
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGE_RESPONSES,
              openapi_extra=schemas.images_request_body())
-async def reconstruct(request: Request, model: ModelDep, batchers: BatchersDep, settings: SettingsDep,
-                      output: OutputQuery = "mode", format: FormatQuery = None, invert: InvertQuery = None,
-                      normalize: NormalizeQuery = False) -> Response:
+async def reconstruct(request: Request, serving: ServingDep, output: OutputQuery = "mode", format: FormatQuery = None,
+                      invert: InvertQuery = None, normalize: NormalizeQuery = False) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means."""
-    images = await read_images(request, settings, invert, normalize)
-    out = await batchers.reconstruct.submit(images, len(images))
-    if wants_png(request, format):
-        return png_response(out[output])
-    return json_response({"model": model.name, "version": model.version, "output": output,
-                          "images": images_json(out[output]), "mean": out["mean"]})
+    images = await read_images(request, serving.settings, invert, normalize)
+    out = await serving.batchers.reconstruct.submit(images, len(images))
+    fields = {**serving.model.identity, "output": output, "mean": out["mean"]}
+    return images_response(request, format, out[output], fields)
 
 
 @router.get("/samples", response_model=schemas.Samples, responses={**IMAGE_RESPONSES, 304: {"description": "ETag"}})
-async def samples(request: Request, model: ModelDep, batchers: BatchersDep, settings: SettingsDep,
+async def samples(request: Request, serving: ServingDep,
                   n: Annotated[int, Query(description="How many digits.", examples=[16])] = 16,
                   seed: Annotated[int | None, Query(ge=0, lt=2**63, description="Same seed, same bytes; absent: "
                                                     "random, returned in X-Seed.", examples=[7])] = None,
                   output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Digits generated from the prior, as a PNG grid or JSON with their latents."""
-    if not 1 <= n <= settings.max_samples:
-        raise HTTPException(422, f"n must be between 1 and {settings.max_samples}, got {n}")
+    if not 1 <= n <= serving.settings.max_samples:
+        raise HTTPException(422, f"n must be between 1 and {serving.settings.max_samples}, got {n}")
     seeded = seed is not None
     seed = seed if seeded else secrets.randbelow(2**31)
-    png = wants_png(request, format)
-    key = f"{model.fingerprint}/{n}/{seed}/{output}/{'png' if png else 'json'}"
+    # The ETag names everything the bytes depend on, so a cached seed is answered without calling the model.
+    key = f"{serving.model.fingerprint}/{n}/{seed}/{output}/{'png' if wants_png(request, format) else 'json'}"
     headers = {"X-Seed": str(seed), "ETag": f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"', "Vary": "Accept",
                "Cache-Control": "public, max-age=86400" if seeded else "no-store"}
     if seeded and request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
-    out = await batchers.sample.submit((n, seed), n)
-    if png:
-        return png_response(out[output], headers)
-    return json_response({"model": model.name, "version": model.version, "output": output, "seed": seed,
-                          "latents": out["latents"], "images": images_json(out[output])}, headers)
+    out = await serving.batchers.sample.submit((n, seed), n)
+    fields = {**serving.model.identity, "output": output, "seed": seed, "latents": out["latents"]}
+    return images_response(request, format, out[output], fields, headers)

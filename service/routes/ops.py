@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
-from service.deps import ModelDep, SettingsDep
+from service.deps import ServingDep
 from service.responses import json_response
 
 router = APIRouter()
@@ -12,8 +12,9 @@ METADATA_KEYS = ("signatures", "default_signature", "training", "metrics", "vers
 
 
 @router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses=schemas.ERRORS)
-async def model_info(model: ModelDep, settings: SettingsDep) -> Response:
+async def model_info(serving: ServingDep) -> Response:
     """Metadata of the served model, the device TensorFlow runs on, and the batching settings."""
+    model, settings = serving.model, serving.settings
     meta = model.metadata
     return json_response({
         "name": model.name, "version": model.version, "latent_size": model.latent_size,

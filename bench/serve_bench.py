@@ -1,0 +1,269 @@
+"""Serving benchmark: batching on vs off, from a separate client process, plus the in-process ceiling.
+
+    python bench/serve_bench.py --duration 5 --out bench/serve_results.json
+
+Starts `python -m service` (uvicorn with uvloop + httptools) in a subprocess per configuration and drives it from
+this process, which never imports TensorFlow, with N concurrent keep-alive HTTP/1.1 connections over raw asyncio
+streams (a lean client: it shares the cores with the server). Scenarios: single-image JSON `encode` requests and
+`samples` PNG requests with a fresh seed each, at several concurrencies; a concurrency-256 overload run with a small
+VAE_QUEUE_MAX; and the ceiling: the SavedModel's encode signature called directly, in a subprocess, at the mean
+batch size the batcher reached.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import orjson
+from PIL import Image
+
+try:  # the client runs on uvloop too when it is installed (it comes with uvicorn[standard])
+    from uvloop import run as run_async
+except ImportError:
+    from asyncio import run as run_async
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "service" / "fixtures"
+
+
+# --- the client ---------------------------------------------------------------------------------------------------
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, server keeps the connection) of one HTTP/1.1 response with a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    match = re.search(rb"content-length: *(\d+)", lower)
+    body = await reader.readexactly(int(match.group(1))) if match else b""
+    return status, body, b"connection: close" not in lower
+
+
+async def drive(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float) -> dict:
+    """Run `concurrency` connections for warmup + duration seconds; stats cover responses finished in the window."""
+    clock = time.perf_counter  # not loop.time(): uvloop's clock has millisecond resolution
+    start = clock() + warmup
+    stop = start + duration
+    latencies, statuses, failures = [], Counter(), Counter()
+    sent = answered = 0
+
+    async def client(index: int) -> None:
+        nonlocal sent, answered
+        reader = writer = None
+        count = 0
+        while clock() < stop:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                request = make_request(index, count)
+                count += 1
+                t0 = clock()
+                writer.write(request)
+                sent += 1
+                status, _, keep = await read_response(reader)
+                answered += 1
+                t1 = clock()
+                if start <= t1 <= stop:
+                    statuses[status] += 1
+                    if status == 200:
+                        latencies.append(t1 - t0)
+                if not keep:
+                    writer.close()
+                    writer = None
+            except (OSError, asyncio.IncompleteReadError) as err:
+                failures[type(err).__name__] += 1
+                writer = None
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    ok = statuses.get(200, 0)
+    return {
+        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": sum(n for s, n in statuses.items() if s != 200) + sum(failures.values()),
+        "statuses": {str(s): n for s, n in sorted(statuses.items())}, "connection_failures": dict(failures),
+        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()),
+    }
+
+
+def post(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+def encode_requests() -> list[bytes]:
+    """One single-image JSON encode request per MNIST fixture digit."""
+    digits = [np.asarray(Image.open(path), np.float32) / 255 for path in sorted(FIXTURES.glob("mnist_test_*.png"))]
+    assert digits, f"no fixture digits in {FIXTURES}"
+    return [post("/v1/encode", orjson.dumps({"images": [d]}, option=orjson.OPT_SERIALIZE_NUMPY)) for d in digits]
+
+
+# --- the server ---------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    async def once() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get(path))
+        status, body, _ = await read_response(reader)
+        writer.close()
+        return status, body
+
+    return run_async(once())
+
+
+@contextmanager
+def serving(model_dir: str, **env: str):
+    """`python -m service` in a subprocess with VAE_* overrides; yields its port once /readyz answers 200."""
+    port = free_port()
+    environ = {**os.environ, "VAE_MODEL_DIR": model_dir, "VAE_PORT": str(port), "VAE_LOG_LEVEL": "warning",
+               **{f"VAE_{k.upper()}": str(v) for k, v in env.items()}}
+    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=environ,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"service exited ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
+            try:
+                if http_get(port, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("service not ready after 120 s")
+            time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def batch_stats(port: int, signature: str) -> tuple[float, float]:
+    """(sum, count) of the service's images-per-model-call histogram for one signature."""
+    text = http_get(port, "/metrics")[1].decode()
+    total = re.search(rf'vae_batch_size_images_sum{{signature="{signature}"}} (\S+)', text)
+    count = re.search(rf'vae_batch_size_images_count{{signature="{signature}"}} (\S+)', text)
+    return float(total.group(1)), float(count.group(1))
+
+
+def run_scenario(port: int, make_request, concurrency: int, args, signature: str) -> dict:
+    before = batch_stats(port, signature)
+    result = run_async(drive("127.0.0.1", port, make_request, concurrency, args.warmup, args.duration))
+    after = batch_stats(port, signature)
+    calls = after[1] - before[1]
+    result["mean_batch_images"] = round((after[0] - before[0]) / calls, 1) if calls else None
+    print(json.dumps(result), file=sys.stderr)
+    return result
+
+
+# --- the ceiling --------------------------------------------------------------------------------------------------
+
+CEILING_CODE = """
+import json, sys, time
+import numpy as np, tensorflow as tf
+encode = tf.saved_model.load(sys.argv[1]).signatures["encode"]
+results = {}
+for size in json.loads(sys.argv[2]):
+    images = np.random.default_rng(0).random((size, 28, 28, 1), dtype=np.float32)
+    for _ in range(3):
+        encode(images=images)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < float(sys.argv[3]):
+        {name: t.numpy() for name, t in encode(images=images).items()}
+        calls += 1
+    results[size] = round(calls * size / (time.perf_counter() - start), 1)
+print(json.dumps(results))
+"""
+
+
+def ceiling(model_dir: str, sizes: list[int], seconds: float) -> dict[str, float]:
+    """Images per second of the encode signature called directly (numpy in and out), per batch size."""
+    out = subprocess.run([sys.executable, "-c", CEILING_CODE, model_dir, json.dumps(sizes), str(seconds)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", default=os.environ.get("VAE_MODEL_DIR", str(REPO / "models/mnist_vae/1")))
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each scenario")
+    parser.add_argument("--concurrency", default="1,8,64,256", help="encode concurrencies")
+    parser.add_argument("--samples-concurrency", default="1,8,64", help="samples concurrencies ('' to skip)")
+    parser.add_argument("--samples-n", type=int, default=16, help="digits per samples request")
+    parser.add_argument("--overload-queue-max", type=int, default=16, help="VAE_QUEUE_MAX of the overload run")
+    parser.add_argument("--out", type=Path, help="write the JSON report here too")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    samples_concurrencies = [int(c) for c in args.samples_concurrency.split(",") if c]
+
+    encodes = encode_requests()
+
+    def encode_request(client: int, count: int) -> bytes:
+        return encodes[(client + count) % len(encodes)]
+
+    def samples_request(client: int, count: int) -> bytes:
+        return get(f"/v1/samples?n={args.samples_n}&seed={random.getrandbits(62)}&format=png")
+
+    report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "duration_s": args.duration,
+              "encode": {}, "samples": {}}
+    for mode, batch_max_size in (("batching_on", 256), ("batching_off", 1)):
+        with serving(args.model_dir, batch_max_size=batch_max_size) as port:
+            report["encode"][mode] = [run_scenario(port, encode_request, c, args, "encode") for c in concurrencies]
+            report["samples"][mode] = [run_scenario(port, samples_request, c, args, "sample")
+                                       for c in samples_concurrencies]
+
+    with serving(args.model_dir, queue_max=args.overload_queue_max) as port:
+        overload = run_scenario(port, encode_request, 256, args, "encode")
+        overload["queue_max"] = args.overload_queue_max
+        overload["ready_after"] = http_get(port, "/readyz")[0]
+        overload["encode_after"] = run_async(drive("127.0.0.1", port, encode_request, 1, 0, 0.5))["statuses"]
+    report["overload"] = overload
+
+    reached = sorted({max(1, round(r["mean_batch_images"] or 1)) for r in report["encode"]["batching_on"]})
+    report["ceiling_images_per_s"] = ceiling(args.model_dir, reached, max(1.0, args.duration / 2))
+
+    on = {r["concurrency"]: r for r in report["encode"]["batching_on"]}
+    off = {r["concurrency"]: r for r in report["encode"]["batching_off"]}
+    summary = {}
+    for c in concurrencies:
+        size = str(max(1, round(on[c]["mean_batch_images"] or 1)))
+        summary[f"c{c}"] = {
+            "speedup_on_vs_off": round(on[c]["throughput_rps"] / max(off[c]["throughput_rps"], 1e-9), 2),
+            "fraction_of_ceiling": round(on[c]["throughput_rps"] / report["ceiling_images_per_s"][size], 3),
+            "p50_on_minus_off_ms": round(on[c]["p50_ms"] - off[c]["p50_ms"], 2),
+        }
+    report["summary"] = summary
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
