@@ -1,0 +1,75 @@
+"""GET /v1/model, /healthz, /readyz, /metrics and the OpenAPI schema."""
+
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+
+
+def test_readyz_before_load_is_503(model_dir):
+    client = TestClient(create_app(Settings(model_dir=model_dir)))  # no `with`: the lifespan has not run
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "the model is not loaded yet"
+    assert response.headers["retry-after"] == "1"
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/v1/model")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "the model is not loaded yet"
+
+
+def test_readyz_after_load_is_200(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+def test_healthz_answers_ok(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_model_shows_metadata_and_device(client, model_dir):
+    import json
+
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    response = client.get("/v1/model")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["name"] == metadata["model_name"]
+    assert body["latent_size"] == metadata["latent_size"]
+    assert body["image_shape"] == [28, 28, 1]
+    assert body["device"] in ("/CPU:0", "/GPU:0")
+    assert body["metrics"] == metadata["metrics"]
+    assert set(body["signatures"]) >= {"encode", "decode", "sample", "reconstruct"}
+    assert body["batching"] == {"max_size": 256, "max_delay_ms": 2.0, "queue_max": 1024}
+
+
+def test_metrics_count_requests_and_batches(client, digits):
+    client.post("/v1/encode", json={"images": digits[:1, ..., 0].tolist()})
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.text
+    assert 'vae_http_requests_total{method="POST",route="/v1/encode",status="200"}' in text
+    assert 'vae_batch_size_images_count{signature="encode"}' in text
+    assert 'vae_model_inference_seconds_count{signature="encode"}' in text
+    assert 'vae_batch_queue_depth{signature="encode"}' in text
+    assert "vae_batch_queue_wait_seconds_bucket" in text
+
+
+def test_unknown_route_counted_without_raw_path(client):
+    assert client.get("/no/such/route/123").status_code == 404
+    assert 'route="unmatched"' in client.get("/metrics").text
+
+
+def test_openapi_documents_endpoints_with_examples(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/v1/encode", "/v1/decode", "/v1/samples", "/v1/reconstruct", "/v1/model", "/healthz", "/readyz",
+                 "/metrics"):
+        assert path in paths, path
+    encode_body = paths["/v1/encode"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(encode_body)
+    assert "examples" in encode_body["application/json"]["schema"]["properties"]["images"]
+    assert paths["/v1/decode"]["post"]["summary"] and paths["/v1/decode"]["post"]["description"]
