@@ -46,7 +46,9 @@ def parser():
     t.add_argument("--encoded-size", type=_positive_int, default=16, help="latent dimension d")
     t.add_argument("--base-depth", type=_positive_int, default=32, help="filters of the first conv layer")
     t.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term")
-    t.add_argument("--bfloat16", action="store_true", help="mixed bfloat16 convolutions (faster on AVX512-BF16/AMX CPUs)")
+    t.add_argument(
+        "--bfloat16", action="store_true", help="mixed bfloat16 convolutions (faster on AVX512-BF16/AMX CPUs)"
+    )
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--train-limit", type=_positive_int, help="use only the first N training (and test) images")
 

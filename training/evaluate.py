@@ -79,7 +79,8 @@ def _log_weights(model, x, mean, scale_tril, eps):
     z = mean[:, None, :] + tf.einsum("bij,bcj->bci", scale_tril, eps)
     logits = tf.reshape(model.decode(tf.reshape(z, [b * c, d])), [b, c, -1])
     x_flat = tf.reshape(x, [b, 1, -1])
-    log_px_z = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(tf.broadcast_to(x_flat, logits.shape), logits), -1)
+    labels = tf.broadcast_to(x_flat, logits.shape)
+    log_px_z = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), -1)
     log_pz = -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * d * LOG_2PI
     log_det_l = tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(scale_tril))), -1)
     log_qz = -0.5 * tf.reduce_sum(tf.square(eps), -1) - log_det_l[:, None] - 0.5 * d * LOG_2PI

@@ -84,11 +84,14 @@ def _git_commit():
 
 def _signature_schema(module):
     schema = {}
+    def spec(t):
+        return {"dtype": t.dtype.name, "shape": t.shape.as_list()}
+
     for name in ("encode", "decode", "sample", "reconstruct"):
         fn = getattr(module, name).get_concrete_function()
         schema[name] = {
-            "inputs": {s.name: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for s in fn.structured_input_signature[0]},
-            "outputs": {k: {"dtype": v.dtype.name, "shape": v.shape.as_list()} for k, v in fn.structured_outputs.items()},
+            "inputs": {s.name: spec(s) for s in fn.structured_input_signature[0]},
+            "outputs": {k: spec(v) for k, v in fn.structured_outputs.items()},
         }
     return schema
 
@@ -123,7 +126,7 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
         "versions": {"tensorflow": tf.__version__, "tensorflow_probability": tfp.__version__,
                      "tf_keras": tf_keras.__version__, "python": platform.python_version()},
         "git_commit": _git_commit(),
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     # Save beside the target and rename, so a crash never leaves a half-written version to be served.
     model_base.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ def grid(images, columns, pad=2):
     rows = -(-n // columns)
     canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad), 0.5, np.float32)
     for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img[..., 0]
+        top, left = (pad + k * (size + pad) for k, size in zip(divmod(i, columns), (h, w), strict=True))
+        canvas[top : top + h, left : left + w] = img[..., 0]
     return Image.fromarray((canvas * 255).round().astype(np.uint8), mode="L")
 
 

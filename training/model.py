@@ -3,7 +3,6 @@ posterior, and a transposed-conv decoder ending in independent Bernoulli pixels.
 
 import dataclasses
 
-
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -116,7 +115,11 @@ class VAE:
             name="encoder",
         )
         self.decoder = tf_keras.Sequential(
-            [tf_keras.layers.InputLayer(input_shape=[d]), self.decoder_body, tfpl.IndependentBernoulli(IMAGE_SHAPE, tfd.Bernoulli.logits)],
+            [
+                tf_keras.layers.InputLayer(input_shape=[d]),
+                self.decoder_body,
+                tfpl.IndependentBernoulli(IMAGE_SHAPE, tfd.Bernoulli.logits),
+            ],
             name="decoder",
         )
         self.vae = tf_keras.Model(

@@ -36,7 +36,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, mnist_dir):
     weights_after_epoch_1 = [w.copy() for w in first.encoder_body.get_weights()]
     restored, _, checkpoint = restore_weights(tmp_path)
     assert checkpoint.endswith("ckpt-1")
-    for a, b in zip(weights_after_epoch_1, restored.encoder_body.get_weights()):
+    for a, b in zip(weights_after_epoch_1, restored.encoder_body.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
     # A second invocation (as after an interruption) asks for 3 epochs in all: it runs epochs 2 and 3 only,
