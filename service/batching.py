@@ -38,9 +38,13 @@ class _Item:
 class Batcher:
     def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
                  executor: Executor, metrics: Metrics):
-        assert max_size >= 1, f"batch max size must be >= 1, got {max_size}"
-        assert max_delay_s >= 0, f"batch max delay must be >= 0, got {max_delay_s}"
-        assert queue_max >= 1, f"queue max must be >= 1, got {queue_max}"
+        # Bad settings fail here, when the app starts, not at the first request.
+        if max_size < 1:
+            raise ValueError(f"batch max size must be >= 1, got {max_size}")
+        if max_delay_s < 0:
+            raise ValueError(f"batch max delay must be >= 0, got {max_delay_s}")
+        if queue_max < 1:
+            raise ValueError(f"queue max must be >= 1, got {queue_max}")
         self.name = name
         self.max_size = max_size
         self.max_delay_s = max_delay_s

@@ -1,0 +1,211 @@
+"""The batcher on its own: merging, the idle fast path, limits, errors, cancellation. The batch function here is a
+plain function held on a threading.Event to control timing; the model is exercised in the route tests."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher, QueueFullError, ShuttingDownError, deduplicated, stacked
+from service.metrics import Metrics
+
+
+class Recorder:
+    """A batch function that records each call's payloads and can be held until released."""
+
+    def __init__(self, hold: bool = False):
+        self.calls: list[list] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, payloads):
+        self.calls.append(list(payloads))
+        self.started.set()
+        self.release.wait(5)
+        return [p * 10 for p in payloads]
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def make(fn, executor, **overrides) -> Batcher:
+    options = {"max_size": 256, "max_delay_s": 0.002, "queue_max": 64} | overrides
+    return Batcher("test", fn, executor=executor, metrics=Metrics(), **options)
+
+
+async def busy(executor, **overrides) -> tuple[Batcher, Recorder, asyncio.Task]:
+    """A started batcher whose worker is held inside a model call for request 0, so that later requests queue up."""
+    recorder = Recorder(hold=True)
+    batcher = make(recorder, executor, **overrides)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0, 1))
+    await asyncio.to_thread(recorder.started.wait, 5)
+    return batcher, recorder, first
+
+
+def test_submit_merges_waiting_requests_into_one_call(executor):
+    async def scenario():
+        batcher, recorder, first = await busy(executor)  # the next ten queue up while the worker is busy
+        rest = [asyncio.create_task(batcher.submit(i, 1)) for i in range(1, 11)]
+        await asyncio.sleep(0.01)
+        recorder.release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return recorder.calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls == [[0], list(range(1, 11))]
+    assert results == [i * 10 for i in range(11)]
+
+
+def test_submit_respects_max_size(executor):
+    async def scenario():
+        batcher, recorder, first = await busy(executor, max_size=4)
+        rest = [asyncio.create_task(batcher.submit(i, 2)) for i in range(1, 6)]  # 2 images each: two fit per batch
+        await asyncio.sleep(0.01)
+        recorder.release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return recorder.calls
+
+    assert asyncio.run(scenario()) == [[0], [1, 2], [3, 4], [5]]
+
+
+def test_submit_max_size_one_calls_once_per_request(executor):
+    async def scenario():
+        recorder = Recorder()
+        batcher = make(recorder, executor, max_size=1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i, 1) for i in range(5)))
+        await batcher.stop()
+        return recorder.calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls == [[i] for i in range(5)]
+    assert results == [i * 10 for i in range(5)]
+
+
+def test_submit_lone_request_does_not_wait_for_delay(executor):
+    async def scenario():
+        batcher = make(Recorder(), executor, max_delay_s=2.0)
+        batcher.start()
+        await batcher.submit(1, 1)  # warm the thread pool
+        start = time.perf_counter()
+        await batcher.submit(1, 1)
+        elapsed = time.perf_counter() - start
+        await batcher.stop()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 0.5
+
+
+def test_submit_full_queue_raises(executor):
+    async def scenario():
+        batcher, recorder, first = await busy(executor, queue_max=2)
+        queued = [asyncio.create_task(batcher.submit(i, 1)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="test queue is full"):
+            await batcher.submit(3, 1)
+        recorder.release.set()
+        results = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == [0, 10, 20]
+
+
+def test_submit_error_reaches_every_caller(executor):
+    def broken(payloads):
+        raise ValueError(f"boom on {len(payloads)}")
+
+    async def scenario():
+        batcher = make(broken, executor)
+        batcher.start()
+        outcomes = await asyncio.gather(*(batcher.submit(i, 1) for i in range(3)), return_exceptions=True)
+        after = await asyncio.gather(batcher.submit(9, 1), return_exceptions=True)  # the worker survives
+        await batcher.stop()
+        return outcomes + after
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, ValueError) and str(o).startswith("boom on") for o in outcomes)
+
+
+def test_submit_wrong_result_count_fails_every_caller(executor):
+    async def scenario():
+        batcher = make(lambda payloads: payloads[:-1], executor)
+        batcher.start()
+        outcomes = await asyncio.gather(*(batcher.submit(i, 1) for i in range(2)), return_exceptions=True)
+        await batcher.stop()
+        return outcomes
+
+    for outcome in asyncio.run(scenario()):
+        assert isinstance(outcome, RuntimeError)
+        assert "results for" in str(outcome)
+
+
+def test_submit_cancelled_caller_is_skipped(executor):
+    async def scenario():
+        batcher, recorder, first = await busy(executor)
+        gone = asyncio.create_task(batcher.submit(1, 1))
+        kept = asyncio.create_task(batcher.submit(2, 1))
+        await asyncio.sleep(0)
+        gone.cancel()  # the client went away while queued
+        recorder.release.set()
+        results = await asyncio.gather(first, kept)
+        await batcher.stop()
+        return recorder.calls, results, gone.cancelled()
+
+    calls, results, cancelled = asyncio.run(scenario())
+    assert calls == [[0], [2]]
+    assert results == [0, 20]
+    assert cancelled
+
+
+def test_stop_fails_queued_requests(executor):
+    async def scenario():
+        batcher, recorder, first = await busy(executor)
+        queued = asyncio.create_task(batcher.submit(1, 1))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        recorder.release.set()
+        return await asyncio.gather(first, queued, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, ShuttingDownError) for o in outcomes)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"max_size": 0}, "max size must be >= 1, got 0"),
+    ({"max_delay_s": -1}, "max delay must be >= 0, got -1"),
+    ({"queue_max": 0}, "queue max must be >= 1, got 0"),
+])
+def test_batcher_bad_settings_fail_at_build(executor, options, message):
+    with pytest.raises(ValueError, match=message):
+        make(Recorder(), executor, **options)
+
+
+def test_stacked_splits_outputs_by_rows():
+    run = stacked(lambda x: {"double": x * 2, "sum": x.sum(axis=1)})
+    out = run([np.ones((1, 3)), np.full((2, 3), 2.0)])
+    np.testing.assert_array_equal(out[0]["double"], [[2, 2, 2]])
+    np.testing.assert_array_equal(out[1]["sum"], [6, 6])
+
+
+def test_deduplicated_calls_once_per_distinct_arguments():
+    calls = []
+
+    def sample(n, seed):
+        calls.append((n, seed))
+        return {"n": n, "seed": seed}
+
+    out = deduplicated(sample)([(2, 7), (2, 7), (3, 7)])
+    assert calls == [(2, 7), (3, 7)]
+    assert out == [{"n": 2, "seed": 7}, {"n": 2, "seed": 7}, {"n": 3, "seed": 7}]

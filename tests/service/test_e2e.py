@@ -1,0 +1,63 @@
+"""End to end: `python -m service` (uvicorn, uvloop, httptools) in a subprocess, driven over real HTTP."""
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.settings import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VAE_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(model_dir)],
+                               cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "service not ready after 90 s"
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)  # uvicorn shuts down gracefully, then re-raises SIGTERM
+
+
+def test_e2e_concurrent_uploads_each_get_own_result(server, signatures, digit_pngs, digits):
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server, timeout=30) as client:
+            requests = [client.post("/v1/encode", files={"files": (f"{i}.png", digit_pngs[i % 8], "image/png")})
+                        for i in range(64)]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * 64
+    expected = signatures["encode"](images=digits)["mean"].numpy()
+    for i, response in enumerate(responses):
+        np.testing.assert_allclose(response.json()["mean"][0], expected[i % 8], rtol=1e-4, atol=1e-5)
+
+
+def test_e2e_samples_png_and_health(server):
+    response = httpx.get(f"{server}/v1/samples", params={"n": 4, "seed": 3}, headers={"accept": "image/png"})
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).size == (56, 56)
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'vae_http_requests_total{method="POST",route="/v1/encode",status="200"} 64.0' in metrics
