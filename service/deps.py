@@ -26,7 +26,8 @@ class Serving:
 async def _serving(request: Request) -> Serving:
     serving = request.app.state.serving
     if serving is None:
-        raise HTTPException(503, "the model is not loaded yet", headers={"Retry-After": "1"})
+        raise HTTPException(503, "the model is not loaded yet",
+                            headers={"Retry-After": str(request.app.state.settings.retry_after_s)})
     return serving
 
 

@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        device = configure_device(settings.gpu_memory_growth)
+        device = configure_device(settings.gpu_memory_growth, settings.tf_intra_op_threads)
         model = await asyncio.to_thread(load_model, settings.model_dir, device)
         await asyncio.to_thread(model.warm_up)
         # Model calls run on these threads, off the event loop; one per batcher is enough since each has one worker.

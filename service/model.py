@@ -18,14 +18,18 @@ class ModelContractError(RuntimeError):
     """The model directory or its metadata does not match what the service needs."""
 
 
-def configure_device(gpu_memory_growth: bool) -> str:
-    """Set GPU memory growth (before any op runs) and return the device TensorFlow will place ops on."""
+def configure_device(gpu_memory_growth: bool, intra_op_threads: int = 0) -> str:
+    """Set GPU memory growth and TensorFlow's op threads (both before any op runs) and return the device in use."""
     gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, gpu_memory_growth)
+    try:
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, gpu_memory_growth)
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    except RuntimeError as err:  # TensorFlow already initialised in this process (a second app, in tests)
+        log.warning("TensorFlow device settings unchanged: %s", err)
     device = "/GPU:0" if gpus else "/CPU:0"
-    log.info("tensorflow %s runs on %s (GPUs found: %d, memory growth: %s)", tf.__version__, device, len(gpus),
-             gpu_memory_growth)
+    log.info("tensorflow %s runs on %s (GPUs found: %d, memory growth: %s, intra-op threads: %s)", tf.__version__,
+             device, len(gpus), gpu_memory_growth, intra_op_threads or "default")
     return device
 
 

@@ -35,7 +35,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the model is loaded and every signature has been called once."""
     if not request.app.state.ready:
-        return json_response({"detail": "the model is not loaded yet"}, status=503, headers={"Retry-After": "1"})
+        headers = {"Retry-After": str(request.app.state.settings.retry_after_s)}
+        return json_response({"detail": "the model is not loaded yet"}, headers, status=503)
     return json_response({"status": "ready"})
 
 

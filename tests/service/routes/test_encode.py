@@ -119,8 +119,15 @@ def test_encode_truncated_png_rejected(client, digit_pngs, as_files):
 
 def test_encode_multipart_without_files_rejected(client):
     response = client.post("/v1/encode", data={"note": "no file here"}, files={"x": ("", b"", "text/plain")})
-    assert response.status_code in (400, 422), response.text
-    assert "file" in response.json()["detail"]
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("the multipart body has no files")
+
+
+def test_encode_malformed_multipart_rejected(client):
+    response = client.post("/v1/encode", content=b"not multipart at all",
+                           headers={"content-type": "multipart/form-data; boundary=abc"})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("bad multipart body")
 
 
 @pytest.mark.parametrize("body,status,detail", [

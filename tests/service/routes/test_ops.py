@@ -7,7 +7,7 @@ from service.settings import Settings
 
 
 def test_readyz_before_load_is_503(model_dir):
-    client = TestClient(create_app(Settings(model_dir=model_dir)))  # no `with`: the lifespan has not run
+    client = TestClient(create_app(Settings(model_dir=model_dir, retry_after_s=1)))  # no `with`: no lifespan yet
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["detail"] == "the model is not loaded yet"
@@ -43,7 +43,9 @@ def test_model_shows_metadata_and_device(client, model_dir):
     assert body["device"] in ("/CPU:0", "/GPU:0")
     assert body["metrics"] == metadata["metrics"]
     assert set(body["signatures"]) >= {"encode", "decode", "sample", "reconstruct"}
-    assert body["batching"] == {"max_size": 256, "max_delay_ms": 2.0, "queue_max": 1024}
+    settings = client.app.state.settings
+    assert body["batching"] == {"max_size": settings.batch_max_size, "max_delay_ms": settings.batch_max_delay_ms,
+                                "queue_max": settings.queue_max}
 
 
 def test_metrics_count_requests_and_batches(client, digits):
