@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -37,7 +38,8 @@ class _Item:
 
 class Batcher:
     def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
-                 executor: Executor, metrics: Metrics):
+                 executor: Executor, metrics: Metrics, same_batch: Callable[[Any, Any], bool] | None = None):
+        """same_batch(first, other): whether a payload may join the batch of `first` (default: any may)."""
         # Bad settings fail here, when the app starts, not at the first request.
         if max_size < 1:
             raise ValueError(f"batch max size must be >= 1, got {max_size}")
@@ -49,6 +51,7 @@ class Batcher:
         self.max_size = max_size
         self.max_delay_s = max_delay_s
         self._batch_fn = batch_fn
+        self._same_batch = same_batch
         self._executor = executor
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_max)
         self._carry: _Item | None = None  # an item that did not fit into the previous batch
@@ -107,7 +110,8 @@ class Batcher:
                     break  # idle: a lone client does not wait out the delay
                 continue
             item = self._queue.get_nowait()
-            if size + item.size > self.max_size:
+            joins = self._same_batch is None or self._same_batch(first.payload, item.payload)
+            if not joins or size + item.size > self.max_size:
                 self._carry = item
                 break
             batch.append(item)
@@ -146,14 +150,28 @@ def _fail(items: list[_Item], err: BaseException) -> None:
             item.future.set_exception(err)
 
 
-def stacked(fn: Callable[[np.ndarray], dict[str, np.ndarray]]) -> BatchFn:
-    """Batch function for array payloads: one call on the concatenation, outputs split back by each payload's rows."""
+def bucket_sizes(max_size: int) -> list[int]:
+    """The batch sizes model calls are padded to: 1, 2, 3, 4, 6, 8, 12, 16, 24, ... up to max_size (steps of 1.5x
+    at most). oneDNN builds kernels per input shape, slowly (about 3x the call itself), and caches a bounded number
+    of them: a few sizes, warmed up at start, keep every call on cached kernels for at most 1.5x the rows."""
+    sizes = {size for k in range(max_size.bit_length()) for size in (2**k, 3 * 2**k // 2) if size < max_size}
+    return sorted(sizes) + [max_size]
+
+
+def stacked(fn: Callable[[np.ndarray], dict[str, np.ndarray]], buckets: Sequence[int] = ()) -> BatchFn:
+    """Batch function for array payloads: one call on the concatenation, zero-padded up to the next of `buckets`,
+    outputs split back by each payload's rows."""
 
     def run(payloads: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         inputs = payloads[0] if len(payloads) == 1 else np.concatenate(payloads)
+        rows = len(inputs)
+        padded = next((size for size in buckets if size >= rows), rows)
+        if padded > rows:
+            inputs = np.concatenate([inputs, np.zeros((padded - rows, *inputs.shape[1:]), inputs.dtype)])
         outputs = fn(inputs)
         for name, array in outputs.items():
-            assert len(array) == len(inputs), f"output {name} has {len(array)} rows for {len(inputs)} inputs"
+            if len(array) != padded:
+                raise RuntimeError(f"output {name} has {len(array)} rows for {padded} inputs")
         bounds = np.cumsum([0] + [len(p) for p in payloads])
         return [{name: array[start:stop] for name, array in outputs.items()}
                 for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -161,16 +179,14 @@ def stacked(fn: Callable[[np.ndarray], dict[str, np.ndarray]]) -> BatchFn:
     return run
 
 
-def deduplicated(fn: Callable[..., dict[str, np.ndarray]]) -> BatchFn:
-    """Batch function for argument-tuple payloads that cannot be merged (the sample signature takes one seed):
-    identical requests share one call."""
+def shared(fn: Callable[..., dict[str, np.ndarray]]) -> BatchFn:
+    """Batch function for a batch of identical argument tuples (see `same_batch`): one call, its result for each.
+    The sample signature takes one seed per call, so only requests for the same (n, seed) can share a call."""
 
     def run(payloads: Sequence[tuple]) -> list[dict[str, np.ndarray]]:
-        results: dict[tuple, dict[str, np.ndarray]] = {}
-        for args in payloads:
-            if args not in results:
-                results[args] = fn(*args)
-        return [results[args] for args in payloads]
+        if any(args != payloads[0] for args in payloads):
+            raise RuntimeError(f"shared batch function got different arguments: {sorted(set(payloads))}")
+        return [fn(*payloads[0])] * len(payloads)
 
     return run
 
@@ -185,13 +201,15 @@ class Batchers:
     @classmethod
     def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, executor: Executor,
                   metrics: Metrics) -> "Batchers":
-        def batcher(name: str, batch_fn: BatchFn) -> Batcher:
+        def batcher(name: str, batch_fn: BatchFn, **options) -> Batcher:
             return Batcher(name, batch_fn, max_size=max_size, max_delay_s=max_delay_s, queue_max=queue_max,
-                           executor=executor, metrics=metrics)
+                           executor=executor, metrics=metrics, **options)
 
-        return cls(encode=batcher("encode", stacked(model.encode)), decode=batcher("decode", stacked(model.decode)),
-                   reconstruct=batcher("reconstruct", stacked(model.reconstruct)),
-                   sample=batcher("sample", deduplicated(model.sample)))
+        buckets = bucket_sizes(max_size)
+        return cls(encode=batcher("encode", stacked(model.encode, buckets)),
+                   decode=batcher("decode", stacked(model.decode, buckets)),
+                   reconstruct=batcher("reconstruct", stacked(model.reconstruct, buckets)),
+                   sample=batcher("sample", shared(model.sample), same_batch=operator.eq))
 
     def all(self) -> tuple[Batcher, ...]:
         return self.encode, self.decode, self.reconstruct, self.sample

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.batching import Batchers
+from service.batching import Batchers, bucket_sizes
 from service.deps import Serving
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = configure_device(settings.gpu_memory_growth, settings.tf_intra_op_threads)
         model = await asyncio.to_thread(load_model, settings.model_dir, device)
-        await asyncio.to_thread(model.warm_up)
+        await asyncio.to_thread(model.warm_up, bucket_sizes(settings.batch_max_size))
         # Model calls run on these threads, off the event loop; one per batcher is enough since each has one worker.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="model") as executor:
             batchers = Batchers.for_model(model, max_size=settings.batch_max_size,

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,13 @@ class VaeModel:
         outputs = self._signatures["sample"](num_samples=tf.constant(n, tf.int32), seed=tf.constant(seed, tf.int64))
         return _numpy(outputs)
 
-    def warm_up(self) -> None:
-        """One call per signature, so the first request does not pay for graph setup."""
-        images = np.zeros((1, *self.metadata["image_shape"]), np.float32)
-        self.encode(images)
-        self.reconstruct(images)
-        self.decode(np.zeros((1, self.latent_size), np.float32))
+    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup."""
+        for size in batch_sizes:
+            images = np.zeros((size, *self.metadata["image_shape"]), np.float32)
+            self.encode(images)
+            self.reconstruct(images)
+            self.decode(np.zeros((size, self.latent_size), np.float32))
         self.sample(1, 0)
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import Batcher, QueueFullError, ShuttingDownError, deduplicated, stacked
+from service.batching import Batcher, QueueFullError, ShuttingDownError, bucket_sizes, shared, stacked
 from service.metrics import Metrics
 
 
@@ -192,6 +192,21 @@ def test_batcher_bad_settings_fail_at_build(executor, options, message):
         make(Recorder(), executor, **options)
 
 
+def test_submit_same_batch_keeps_other_payloads_apart(executor):
+    async def scenario():
+        batcher, recorder, first = await busy(executor, same_batch=lambda a, b: a == b)
+        queued = [asyncio.create_task(batcher.submit(p, 1)) for p in (5, 5, 7, 7, 5)]
+        await asyncio.sleep(0.01)
+        recorder.release.set()
+        results = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return recorder.calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls == [[0], [5, 5], [7, 7], [5]]
+    assert results == [0, 50, 50, 70, 70, 50]
+
+
 def test_stacked_splits_outputs_by_rows():
     run = stacked(lambda x: {"double": x * 2, "sum": x.sum(axis=1)})
     out = run([np.ones((1, 3)), np.full((2, 3), 2.0)])
@@ -199,13 +214,40 @@ def test_stacked_splits_outputs_by_rows():
     np.testing.assert_array_equal(out[1]["sum"], [6, 6])
 
 
-def test_deduplicated_calls_once_per_distinct_arguments():
+def test_stacked_pads_to_bucket_and_drops_padding():
+    seen = []
+
+    def fn(x):
+        seen.append(len(x))
+        return {"same": x}
+
+    out = stacked(fn, buckets=[1, 2, 4])([np.ones((1, 2)), np.full((2, 2), 3.0)])
+    assert seen == [4]
+    np.testing.assert_array_equal(out[1]["same"], np.full((2, 2), 3.0))
+    assert stacked(fn, buckets=[1, 2, 4])([np.ones((5, 2))])[0]["same"].shape == (5, 2)  # over the last bucket
+
+
+def test_stacked_wrong_output_rows_raises():
+    with pytest.raises(RuntimeError, match="output y has 1 rows for 2 inputs"):
+        stacked(lambda x: {"y": x[:1]})([np.ones((2, 3))])
+
+
+@pytest.mark.parametrize("max_size,sizes", [
+    (1, [1]), (2, [1, 2]), (7, [1, 2, 3, 4, 6, 7]),
+    (256, [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]),
+])
+def test_bucket_sizes_grow_by_at_most_half(max_size, sizes):
+    assert bucket_sizes(max_size) == sizes
+
+
+def test_shared_calls_once_for_identical_arguments():
     calls = []
 
     def sample(n, seed):
         calls.append((n, seed))
         return {"n": n, "seed": seed}
 
-    out = deduplicated(sample)([(2, 7), (2, 7), (3, 7)])
-    assert calls == [(2, 7), (3, 7)]
-    assert out == [{"n": 2, "seed": 7}, {"n": 2, "seed": 7}, {"n": 3, "seed": 7}]
+    assert shared(sample)([(2, 7), (2, 7)]) == [{"n": 2, "seed": 7}] * 2
+    assert calls == [(2, 7)]
+    with pytest.raises(RuntimeError, match="different arguments"):
+        shared(sample)([(2, 7), (3, 7)])

@@ -147,7 +147,7 @@ def test_encode_bad_json_rejected(client, body, status, detail):
 
 
 def test_encode_too_many_images_rejected(make_client, digits, digit_pngs, as_files):
-    client = make_client(max_images=4)
+    client = make_client(max_images=4, batch_max_size=4)
     response = client.post("/v1/encode", json={"images": digits[:5, ..., 0].tolist()})
     assert response.status_code == 422, response.text
     assert "has 5 items, the limit is 4" in response.json()["detail"]
@@ -157,7 +157,7 @@ def test_encode_too_many_images_rejected(make_client, digits, digit_pngs, as_fil
 
 
 def test_encode_body_over_limit_rejected(make_client, digit_pngs, as_files):
-    client = make_client(max_images=4)
+    client = make_client(max_images=4, batch_max_size=4)
     response = client.post("/v1/encode", content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
                            headers={"content-type": "application/json"})
     assert response.status_code == 413, response.text
