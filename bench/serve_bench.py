@@ -22,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +135,21 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
     return run_async(once())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+
+
 @contextmanager
 def serving(model_dir: str, **env: str):
-    """`python -m service` in a subprocess with VAE_* overrides; yields its port once /readyz answers 200."""
+    """`python -m service` in a subprocess with VAE_* overrides; yields it once /readyz answers 200."""
     port = free_port()
     environ = {**os.environ, "VAE_MODEL_DIR": model_dir, "VAE_PORT": str(port), "VAE_LOG_LEVEL": "warning",
                **{f"VAE_{k.upper()}": str(v) for k, v in env.items()}}
@@ -155,7 +168,7 @@ def serving(model_dir: str, **env: str):
             if time.monotonic() > deadline:
                 raise RuntimeError("service not ready after 120 s")
             time.sleep(0.2)
-        yield port
+        yield Server(port, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -169,12 +182,14 @@ def batch_stats(port: int, signature: str) -> tuple[float, float]:
     return float(total.group(1)), float(count.group(1))
 
 
-def run_scenario(port: int, make_request, concurrency: int, args, signature: str) -> dict:
-    before = batch_stats(port, signature)
-    result = run_async(drive("127.0.0.1", port, make_request, concurrency, args.warmup, args.duration))
-    after = batch_stats(port, signature)
+def run_scenario(server: Server, make_request, concurrency: int, args, signature: str) -> dict:
+    before, cpu_before = batch_stats(server.port, signature), cpu_seconds(server.pid)
+    result = run_async(drive("127.0.0.1", server.port, make_request, concurrency, args.warmup, args.duration))
+    after, cpu_after = batch_stats(server.port, signature), cpu_seconds(server.pid)
     calls = after[1] - before[1]
     result["mean_batch_images"] = round((after[0] - before[0]) / calls, 1) if calls else None
+    # over the warm-up too, so per answered request
+    result["server_cpu_us_per_request"] = round((cpu_after - cpu_before) / max(result["answered"], 1) * 1e6)
     print(json.dumps(result), file=sys.stderr)
     return result
 
@@ -230,19 +245,19 @@ def main() -> None:
     def samples_request(client: int, count: int) -> bytes:
         return get(f"/v1/samples?n={args.samples_n}&seed={random.getrandbits(62)}&format=png")
 
-    report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "duration_s": args.duration,
-              "encode": {}, "samples": {}}
+    report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+              "duration_s": args.duration, "warmup_s": args.warmup, "encode": {}, "samples": {}}
     for mode, batch_max_size in (("batching_on", 256), ("batching_off", 1)):
-        with serving(args.model_dir, batch_max_size=batch_max_size) as port:
-            report["encode"][mode] = [run_scenario(port, encode_request, c, args, "encode") for c in concurrencies]
-            report["samples"][mode] = [run_scenario(port, samples_request, c, args, "sample")
+        with serving(args.model_dir, batch_max_size=batch_max_size) as server:
+            report["encode"][mode] = [run_scenario(server, encode_request, c, args, "encode") for c in concurrencies]
+            report["samples"][mode] = [run_scenario(server, samples_request, c, args, "sample")
                                        for c in samples_concurrencies]
 
-    with serving(args.model_dir, queue_max=args.overload_queue_max) as port:
-        overload = run_scenario(port, encode_request, 256, args, "encode")
+    with serving(args.model_dir, queue_max=args.overload_queue_max) as server:
+        overload = run_scenario(server, encode_request, 256, args, "encode")
         overload["queue_max"] = args.overload_queue_max
-        overload["ready_after"] = http_get(port, "/readyz")[0]
-        overload["encode_after"] = run_async(drive("127.0.0.1", port, encode_request, 1, 0, 0.5))["statuses"]
+        overload["ready_after"] = http_get(server.port, "/readyz")[0]
+        overload["encode_after"] = run_async(drive("127.0.0.1", server.port, encode_request, 1, 0, 0.5))["statuses"]
     report["overload"] = overload
 
     reached = sorted({max(1, round(r["mean_batch_images"] or 1)) for r in report["encode"]["batching_on"]})

@@ -1,0 +1,38 @@
+"""Settings come from VAE_* variables, and `python -m service` flags override them."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.__main__ import parse_settings
+from service.settings import BUNDLED_MODEL_DIR, REPO_ROOT, Settings
+
+
+def test_settings_defaults_point_at_bundled_model(monkeypatch):
+    for name in ("VAE_MODEL_DIR", "VAE_PORT", "VAE_BATCH_MAX_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.model_dir == BUNDLED_MODEL_DIR == REPO_ROOT / "models" / "mnist_vae" / "1"
+    assert (settings.port, settings.batch_max_size, settings.batch_max_delay_ms) == (8000, 256, 2.0)
+
+
+def test_settings_read_from_environment(monkeypatch):
+    monkeypatch.setenv("VAE_PORT", "9001")
+    monkeypatch.setenv("VAE_BATCH_MAX_SIZE", "1")
+    monkeypatch.setenv("VAE_GPU_MEMORY_GROWTH", "false")
+    settings = Settings()
+    assert (settings.port, settings.batch_max_size, settings.gpu_memory_growth) == (9001, 1, False)
+
+
+def test_parse_settings_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("VAE_PORT", "9001")
+    settings = parse_settings(["--port", "9002", "--model-dir", "/tmp/model", "--host", "0.0.0.0"])
+    assert (settings.port, settings.model_dir, settings.host) == (9002, Path("/tmp/model"), "0.0.0.0")
+
+
+@pytest.mark.parametrize("name,value", [("VAE_BATCH_MAX_SIZE", "0"), ("VAE_QUEUE_MAX", "-1"), ("VAE_PORT", "http")])
+def test_settings_bad_value_fails_at_start(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("VAE_").lower()):
+        Settings()
