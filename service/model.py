@@ -124,14 +124,15 @@ def check_contract(metadata: dict[str, Any], signatures: Any) -> None:
     if problems:
         raise ModelContractError("model contract broken: " + "; ".join(problems))
 
-    latent_size, image_shape = metadata["latent_size"], list(metadata["image_shape"])
+    d, image_shape = metadata["latent_size"], list(metadata["image_shape"])
     shapes = {
         "encode input images": (_input_shape(signatures["encode"], "images"), [None, *image_shape]),
-        "encode output mean": (_output_shape(signatures["encode"], "mean"), [None, latent_size]),
-        "decode input latents": (_input_shape(signatures["decode"], "latents"), [None, latent_size]),
+        "encode output mean": (_output_shape(signatures["encode"], "mean"), [None, d]),
+        "encode output covariance": (_output_shape(signatures["encode"], "covariance"), [None, d, d]),
+        "decode input latents": (_input_shape(signatures["decode"], "latents"), [None, d]),
         "decode output mode": (_output_shape(signatures["decode"], "mode"), [None, *image_shape]),
         "reconstruct input images": (_input_shape(signatures["reconstruct"], "images"), [None, *image_shape]),
-        "sample output latents": (_output_shape(signatures["sample"], "latents"), [None, latent_size]),
+        "sample output latents": (_output_shape(signatures["sample"], "latents"), [None, d]),
     }
     for what, (actual, expected) in shapes.items():
         if actual != expected:
