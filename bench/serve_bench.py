@@ -232,10 +232,13 @@ def main() -> None:
     parser.add_argument("--samples-concurrency", default="1,8,64", help="samples concurrencies ('' to skip)")
     parser.add_argument("--samples-n", type=int, default=16, help="digits per samples request")
     parser.add_argument("--overload-queue-max", type=int, default=16, help="VAE_QUEUE_MAX of the overload run")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="service setting for all runs: --set tf_intra_op_threads=1 sets VAE_TF_INTRA_OP_THREADS")
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     samples_concurrencies = [int(c) for c in args.samples_concurrency.split(",") if c]
+    extra = dict(item.split("=", 1) for item in args.set)
 
     encodes = encode_requests()
 
@@ -246,14 +249,14 @@ def main() -> None:
         return get(f"/v1/samples?n={args.samples_n}&seed={random.getrandbits(62)}&format=png")
 
     report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-              "duration_s": args.duration, "warmup_s": args.warmup, "encode": {}, "samples": {}}
+              "duration_s": args.duration, "warmup_s": args.warmup, "settings": extra, "encode": {}, "samples": {}}
     for mode, batch_max_size in (("batching_on", 256), ("batching_off", 1)):
-        with serving(args.model_dir, batch_max_size=batch_max_size) as server:
+        with serving(args.model_dir, **extra, batch_max_size=batch_max_size) as server:
             report["encode"][mode] = [run_scenario(server, encode_request, c, args, "encode") for c in concurrencies]
             report["samples"][mode] = [run_scenario(server, samples_request, c, args, "sample")
                                        for c in samples_concurrencies]
 
-    with serving(args.model_dir, queue_max=args.overload_queue_max) as server:
+    with serving(args.model_dir, **extra, queue_max=args.overload_queue_max) as server:
         overload = run_scenario(server, encode_request, 256, args, "encode")
         overload["queue_max"] = args.overload_queue_max
         overload["ready_after"] = http_get(server.port, "/readyz")[0]

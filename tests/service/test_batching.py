@@ -51,32 +51,31 @@ async def busy(executor, **overrides) -> tuple[Batcher, Recorder, asyncio.Task]:
     return batcher, recorder, first
 
 
-def test_submit_merges_waiting_requests_into_one_call(executor):
+def run_held(executor, requests: list[tuple[int, int]], **overrides) -> tuple[list[list], list]:
+    """Submit (payload, size) `requests` while the worker is held on request 0, then release it.
+    Returns the batch function's calls and every caller's result, request 0 first."""
+
     async def scenario():
-        batcher, recorder, first = await busy(executor)  # the next ten queue up while the worker is busy
-        rest = [asyncio.create_task(batcher.submit(i, 1)) for i in range(1, 11)]
+        batcher, recorder, first = await busy(executor, **overrides)
+        queued = [asyncio.create_task(batcher.submit(payload, size)) for payload, size in requests]
         await asyncio.sleep(0.01)
         recorder.release.set()
-        results = await asyncio.gather(first, *rest)
+        results = await asyncio.gather(first, *queued)
         await batcher.stop()
         return recorder.calls, results
 
-    calls, results = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_submit_merges_waiting_requests_into_one_call(executor):
+    calls, results = run_held(executor, [(i, 1) for i in range(1, 11)])
     assert calls == [[0], list(range(1, 11))]
     assert results == [i * 10 for i in range(11)]
 
 
 def test_submit_respects_max_size(executor):
-    async def scenario():
-        batcher, recorder, first = await busy(executor, max_size=4)
-        rest = [asyncio.create_task(batcher.submit(i, 2)) for i in range(1, 6)]  # 2 images each: two fit per batch
-        await asyncio.sleep(0.01)
-        recorder.release.set()
-        await asyncio.gather(first, *rest)
-        await batcher.stop()
-        return recorder.calls
-
-    assert asyncio.run(scenario()) == [[0], [1, 2], [3, 4], [5]]
+    calls, _ = run_held(executor, [(i, 2) for i in range(1, 6)], max_size=4)  # 2 images each: two fit per batch
+    assert calls == [[0], [1, 2], [3, 4], [5]]
 
 
 def test_submit_max_size_one_calls_once_per_request(executor):
@@ -193,16 +192,7 @@ def test_batcher_bad_settings_fail_at_build(executor, options, message):
 
 
 def test_submit_same_batch_keeps_other_payloads_apart(executor):
-    async def scenario():
-        batcher, recorder, first = await busy(executor, same_batch=lambda a, b: a == b)
-        queued = [asyncio.create_task(batcher.submit(p, 1)) for p in (5, 5, 7, 7, 5)]
-        await asyncio.sleep(0.01)
-        recorder.release.set()
-        results = await asyncio.gather(first, *queued)
-        await batcher.stop()
-        return recorder.calls, results
-
-    calls, results = asyncio.run(scenario())
+    calls, results = run_held(executor, [(p, 1) for p in (5, 5, 7, 7, 5)], same_batch=lambda a, b: a == b)
     assert calls == [[0], [5, 5], [7, 7], [5]]
     assert results == [0, 50, 50, 70, 70, 50]
 
