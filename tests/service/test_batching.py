@@ -224,9 +224,10 @@ def test_stacked_wrong_output_rows_raises():
 
 @pytest.mark.parametrize("max_size,sizes", [
     (1, [1]), (2, [1, 2]), (7, [1, 2, 3, 4, 6, 7]),
-    (256, [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]),
+    (40, [1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40]),
+    (256, [1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]),
 ])
-def test_bucket_sizes_grow_by_at_most_half(max_size, sizes):
+def test_bucket_sizes_step_up_to_max_size(max_size, sizes):
     assert bucket_sizes(max_size) == sizes
 
 
