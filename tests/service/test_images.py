@@ -68,3 +68,11 @@ def test_to_png_grid_has_grid_shape(count):
     image = Image.open(io.BytesIO(to_png(np.ones((count, 28, 28, 1), np.float32))))
     assert image.size[::-1] == grid_shape(count)
     assert image.mode == "L"
+
+
+def test_load_image_phone_photo_jpeg_becomes_digit(encode_image):
+    photo = np.full((3000, 4000, 3), 230, np.uint8)  # a dark vertical stroke on light paper
+    photo[1000:2000, 1800:2100] = 20
+    image = load_image(encode_image(photo, "JPEG", quality=90), "photo.jpg", **(OPTIONS | {"normalize": True}))
+    assert image.shape == (28, 28)
+    assert image[14, 14] > 0.8 and image[0, 0] < 0.1  # inverted, centred
