@@ -8,7 +8,7 @@ from PIL import Image
 
 from service.images import ImageError, grid_shape, load_image, mnist_normalize, to_png
 
-OPTIONS = {"max_pixels": 10_000_000, "invert": None, "normalize": False}
+OPTIONS = {"max_pixels": 25_000_000, "invert": None, "normalize": False}
 
 
 def test_load_image_mnist_digit_unchanged(digit_pngs, digits):
