@@ -23,6 +23,14 @@ def wants_png(request: Request, format: Format | None) -> bool:
     return "image/png" in request.headers.get("accept", "")
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header (a list of tags, weak or strong, or *) names `etag`."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 def check_output(output: Any) -> Output:
     if output not in ("mode", "probs"):
         raise HTTPException(422, f"output must be 'mode' or 'probs', got {output!r}")

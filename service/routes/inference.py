@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from service import schemas
 from service.deps import ServingDep
 from service.payloads import json_array, parse_json, read_body, read_images
-from service.responses import Format, Output, check_output, images_response, json_response, wants_png
+from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
@@ -70,7 +70,7 @@ async def samples(request: Request, serving: ServingDep,
     key = f"{serving.model.fingerprint}/{n}/{seed}/{output}/{'png' if wants_png(request, format) else 'json'}"
     headers = {"X-Seed": str(seed), "ETag": f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"', "Vary": "Accept",
                "Cache-Control": "public, max-age=86400" if seeded else "no-store"}
-    if seeded and request.headers.get("if-none-match") == headers["ETag"]:
+    if seeded and etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
     out = await serving.batchers.sample.submit((n, seed), n)
     fields = {**serving.model.identity, "output": output, "seed": seed, "latents": out["latents"]}

@@ -107,10 +107,13 @@ def test_samples_without_seed_returns_reproducible_seed(client):
 
 def test_samples_matching_etag_gets_304(client):
     first = client.get("/v1/samples", params={"n": 2, "seed": 5, "format": "png"})
-    response = client.get("/v1/samples", params={"n": 2, "seed": 5, "format": "png"},
-                          headers={"if-none-match": first.headers["etag"]})
-    assert response.status_code == 304
-    assert response.headers["etag"] == first.headers["etag"]
+    for header in (first.headers["etag"], f'"other", W/{first.headers["etag"]}', "*"):
+        response = client.get("/v1/samples", params={"n": 2, "seed": 5, "format": "png"},
+                              headers={"if-none-match": header})
+        assert response.status_code == 304, header
+        assert response.headers["etag"] == first.headers["etag"]
+    changed = client.get("/v1/samples", params={"n": 2, "seed": 5, "format": "png"}, headers={"if-none-match": '"x"'})
+    assert changed.status_code == 200
 
 
 @pytest.mark.parametrize("params,detail", [
