@@ -75,3 +75,9 @@ def test_openapi_documents_endpoints_with_examples(client):
     assert {"application/json", "multipart/form-data"} <= set(encode_body)
     assert "examples" in encode_body["application/json"]["schema"]["properties"]["images"]
     assert paths["/v1/decode"]["post"]["summary"] and paths["/v1/decode"]["post"]["description"]
+
+
+def test_docs_page_served(client):
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert "swagger-ui" in response.text.lower()
