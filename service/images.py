@@ -26,8 +26,8 @@ def load_image(data: bytes, name: str, *, max_pixels: int, invert: bool | None, 
         image = Image.open(io.BytesIO(data))  # reads the header only: the size check below runs before decoding
     except Image.DecompressionBombError as err:
         raise ImageError(f"file {name!r} is a decompression bomb: {err}", 413) from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"file {name!r} is not an image Pillow can read: {err}") from None
+    except (UnidentifiedImageError, OSError):  # the error text only repeats this, naming a BytesIO object
+        raise ImageError(f"file {name!r} is not an image Pillow can read") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"file {name!r} declares {width}x{height} pixels, over the limit of {max_pixels}", 413)
