@@ -11,7 +11,7 @@ router = APIRouter()
 METADATA_KEYS = ("signatures", "default_signature", "training", "metrics", "versions", "git_commit", "created_at")
 
 
-@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses=schemas.ERRORS)
+@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": schemas.Problem}})
 async def model_info(serving: ServingDep) -> Response:
     """Metadata of the served model, the device TensorFlow runs on, and the batching settings."""
     model, settings = serving.model, serving.settings
