@@ -20,6 +20,25 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+async def _become_ready(app: FastAPI, serving: Serving) -> None:
+    """Call every signature at every batch size the batchers pad to, then start serving."""
+    settings = serving.settings
+    try:
+        await asyncio.to_thread(serving.model.warm_up, bucket_sizes(settings.batch_max_size))
+    except Exception:
+        log.exception("warm-up failed: the service stays unready")
+        raise
+    # TensorFlow leaves ~350k long-lived Python objects: a full collection walks them all in 0.2-0.5 s, stalling
+    # every request in flight. Freezing them takes them out of the collector's sight.
+    gc.collect()
+    gc.freeze()
+    for batcher in serving.batchers.all():
+        batcher.start()
+    app.state.serving, app.state.ready = serving, True
+    log.info("ready: batching up to %d images, %.1f ms delay, queue %d", settings.batch_max_size,
+             settings.batch_max_delay_ms, settings.queue_max)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -27,24 +46,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = configure_device(settings.gpu_memory_growth, settings.tf_intra_op_threads)
+        # Loading (and the metadata check) happens before the port opens, so a bad model fails the start at once.
         model = await asyncio.to_thread(load_model, settings.model_dir, device)
-        await asyncio.to_thread(model.warm_up, bucket_sizes(settings.batch_max_size))
-        # TensorFlow leaves ~350k long-lived Python objects: a full collection walks them all in 0.2-0.5 s, stalling
-        # every request in flight. Freezing them takes them out of the collector's sight.
-        gc.collect()
-        gc.freeze()
         # Model calls run on these threads, off the event loop; one per batcher is enough since each has one worker.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="model") as executor:
             batchers = Batchers.for_model(model, max_size=settings.batch_max_size,
                                           max_delay_s=settings.batch_max_delay_ms / 1000,
                                           queue_max=settings.queue_max, executor=executor, metrics=metrics)
-            for batcher in batchers.all():
-                batcher.start()
-            app.state.serving, app.state.ready = Serving(model, batchers, settings), True
-            log.info("ready: batching up to %d images, %.1f ms delay, queue %d", settings.batch_max_size,
-                     settings.batch_max_delay_ms, settings.queue_max)
+            # The warm-up (seconds) runs with the port open: /healthz answers, /readyz and the model routes say 503.
+            warm_up = asyncio.create_task(_become_ready(app, Serving(model, batchers, settings)))
             yield
             app.state.ready = False
+            warm_up.cancel()
+            await asyncio.gather(warm_up, return_exceptions=True)
             for batcher in batchers.all():
                 await batcher.stop()
 

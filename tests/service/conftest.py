@@ -4,6 +4,7 @@ VAE_TEST_MODEL_DIR points the tests at another exported model during development
 
 import io
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -47,6 +48,15 @@ def digits(digit_pngs: list[bytes]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255.0 for png in digit_pngs])[..., None]
 
 
+def wait_until_ready(client: TestClient, timeout_s: float = 120) -> TestClient:
+    """The lifespan returns once the model is loaded; the warm-up that follows ends with /readyz answering 200."""
+    deadline = time.monotonic() + timeout_s
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, f"not ready after {timeout_s} s"
+        time.sleep(0.05)
+    return client
+
+
 @pytest.fixture(scope="session")
 def make_client(model_dir: Path) -> Iterator[Callable[..., TestClient]]:
     """Started clients (lifespan run, model loaded) for settings overrides, one app per distinct override set."""
@@ -57,7 +67,7 @@ def make_client(model_dir: Path) -> Iterator[Callable[..., TestClient]]:
             key = tuple(sorted(overrides.items()))
             if key not in clients:
                 app = create_app(Settings(model_dir=model_dir, **overrides))
-                clients[key] = stack.enter_context(TestClient(app))
+                clients[key] = wait_until_ready(stack.enter_context(TestClient(app)))
             return clients[key]
 
         yield make

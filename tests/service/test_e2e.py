@@ -26,21 +26,34 @@ def server(model_dir):
                                cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
+    startup = []  # (readyz, healthz, encode) statuses and Retry-After seen while the port is open but not ready
     while True:
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "service not ready after 90 s"
         try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
+            ready = httpx.get(f"{url}/readyz")
+            if ready.status_code == 200:
                 break
+            encode = httpx.post(f"{url}/v1/encode", json={"images": [[[0.0] * 28] * 28]})
+            startup.append((ready.status_code, httpx.get(f"{url}/healthz").status_code, encode.status_code,
+                            encode.headers.get("retry-after"), encode.json()["detail"]))
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
-    yield url
+        time.sleep(0.05)
+    yield url, startup
     process.terminate()
     process.wait(timeout=30)  # uvicorn shuts down gracefully, then re-raises SIGTERM
 
 
+def test_e2e_readyz_is_503_while_warming_up(server):
+    """The port opens once the model is loaded; the warm-up (seconds on a CPU) follows, alive but not ready."""
+    _, startup = server
+    assert startup, "the service was never seen between opening its port and being ready"
+    assert set(startup) == {(503, 200, 503, "1", "the model is not loaded yet")}
+
+
 def test_e2e_concurrent_uploads_each_get_own_result(server, signatures, digit_pngs, digits):
+    server, _ = server
     async def scenario():
         async with httpx.AsyncClient(base_url=server, timeout=30) as client:
             requests = [client.post("/v1/encode", files={"files": (f"{i}.png", digit_pngs[i % 8], "image/png")})
@@ -55,6 +68,7 @@ def test_e2e_concurrent_uploads_each_get_own_result(server, signatures, digit_pn
 
 
 def test_e2e_samples_png_and_health(server):
+    server, _ = server
     response = httpx.get(f"{server}/v1/samples", params={"n": 4, "seed": 3}, headers={"accept": "image/png"})
     assert response.status_code == 200
     assert Image.open(io.BytesIO(response.content)).size == (56, 56)

@@ -66,8 +66,9 @@ def test_service_never_imports_training_or_tfp(model_dir):
         from fastapi.testclient import TestClient
         from service.main import create_app
         from service.settings import Settings
+        from tests.service.conftest import wait_until_ready
         with TestClient(create_app(Settings(model_dir={str(model_dir)!r}, batch_max_size=1))) as client:
-            assert client.get("/readyz").status_code == 200
+            wait_until_ready(client)  # every signature has run
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("training", "tensorflow_probability"))
         print(leaked)
         sys.exit(1 if leaked else 0)
