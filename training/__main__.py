@@ -57,7 +57,7 @@ def parser():
     src.add_argument("--model-dir", help="an exported SavedModel version folder, e.g. models/mnist_vae/1")
     src.add_argument("--run-dir", help="a training run (its latest checkpoint)")
     e.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
-    e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image for the IWAE bound")
+    e.add_argument("--k", type=_positive_int, default=100, help="importance samples per image for the IWAE bound")
     e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images")
     e.add_argument("--figures-dir", help="also write the PNG figures here")
     e.add_argument("--update-metadata", action="store_true", help="store the figures in --model-dir's metadata")
