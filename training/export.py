@@ -136,6 +136,7 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
         "sample": module.sample, "reconstruct": module.reconstruct,
     })
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    tmp.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -119,3 +119,4 @@ def test_export_refuses_to_overwrite_and_numbers_next_version(tiny_run, exported
     second = export_run(run_dir, base, "mnist_vae")
     assert second.name == "2" and read_metadata(second)["model_version"] == 2
     assert not [p for p in second.parent.iterdir() if p.name.startswith(".")], "no temporary folders left behind"
+    assert second.stat().st_mode & 0o777 == 0o755, "a server running as another user can read the version"
