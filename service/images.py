@@ -67,15 +67,16 @@ def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _fit_square(pixels: np.ndarray) -> np.ndarray:
-    """Pad to a square with background and resize to 28x28, keeping the aspect ratio."""
+    """Resize so the longer side is 28, keeping the aspect ratio, then pad with background to 28x28. (Resizing
+    first: padding a 200000x1 upload to a square first would allocate 160 GB.)"""
     height, width = pixels.shape
-    side = max(height, width)
-    if height != width:
-        square = np.zeros((side, side), np.float32)
-        top, left = (side - height) // 2, (side - width) // 2
-        square[top:top + height, left:left + width] = pixels
-        pixels = square
-    return _resize(pixels, SIDE, SIDE)
+    scale = SIDE / max(height, width)
+    pixels = _resize(pixels, max(1, round(width * scale)), max(1, round(height * scale)))
+    height, width = pixels.shape
+    out = np.zeros((SIDE, SIDE), np.float32)
+    top, left = (SIDE - height) // 2, (SIDE - width) // 2
+    out[top:top + height, left:left + width] = pixels
+    return out
 
 
 def mnist_normalize(pixels: np.ndarray, ink_threshold: float = 0.2) -> np.ndarray:

@@ -39,7 +39,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as err:
         try:  # stdlib json accepts NaN and Infinity, so those get the clearer "not finite" error below
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stdlib parser goes
             raise HTTPException(400, f"malformed JSON: {err}") from None
     if not isinstance(document, dict):
         raise HTTPException(422, f"the JSON body must be an object, got {type(document).__name__}")
@@ -57,7 +57,7 @@ def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], 
         raise HTTPException(422, f"{key!r} has {len(value)} items, the limit is {max_items}")
     try:
         array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an integer too large for a float
         raise HTTPException(422, f"{key!r} must be a list of arrays of numbers shaped {list(item_shape)}") from None
     if array.shape[1:] != item_shape:
         raise HTTPException(422, f"{key!r} items must have shape {list(item_shape)}, got {list(array.shape[1:])}")

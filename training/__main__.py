@@ -1,4 +1,4 @@
-"""python -m training {train,evaluate,export,figures}: see --help of each."""
+"""python -m training {train,evaluate,export}: see --help of each."""
 
 import argparse
 import logging
@@ -60,7 +60,7 @@ def parser():
     e.add_argument("--k", type=_positive_int, default=100, help="importance samples per image for the IWAE bound")
     e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images")
     e.add_argument("--figures-dir", help="also write the PNG figures here")
-    e.add_argument("--update-metadata", action="store_true", help="store the figures in --model-dir's metadata")
+    e.add_argument("--update-metadata", action="store_true", help="store the metrics in --model-dir's metadata.json")
 
     x = sub.add_parser("export", help="export a run's latest checkpoint as a SavedModel <base>/<name>/<version>")
     x.add_argument("--run-dir", default=DEFAULT_RUN_DIR)

@@ -4,6 +4,7 @@ import gzip
 import logging
 import pathlib
 import urllib.request
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +30,7 @@ def _read_idx(path, expected_dims):
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"MNIST file not found: {path}") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"MNIST file is not a readable gzip file: {path} ({e})") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != expected_dims:
         raise DataError(f"MNIST file has no IDX uint8 header with {expected_dims} dimensions: {path}")

@@ -16,6 +16,7 @@ from training import data
 
 log = logging.getLogger(__name__)
 LOG_2PI = math.log(2 * math.pi)
+BINARIZATION_SEED = 0  # the one fixed binarization of the test set every reported figure uses
 
 
 @dataclasses.dataclass
@@ -26,7 +27,8 @@ class Metrics:
     test_distortion_nats: float  # -E_q[log p(x|z)]
     iwae_k: int
     test_images: int
-    binarization_seed: int
+    binarization_seed: int  # of the fixed test-set binarization
+    sampling_seed: int  # of the posterior samples
     seconds: float
 
 
@@ -37,40 +39,39 @@ class Model:
         self.encode, self.decode = encode, decode
 
     @classmethod
-    def from_saved_model(cls, model_dir):
-        m = tf.saved_model.load(str(model_dir))
-        enc, dec = m.signatures["encode"], m.signatures["decode"]
+    def from_signatures(cls, encode, decode):
+        """From the export's encode and decode functions (loaded signatures or the tf.Module's own)."""
 
-        def encode(images):
-            out = enc(images=images)
+        def encode_fn(images):
+            out = encode(images=images)
             return out["mean"], out["scale_tril"]
 
-        return cls(encode, lambda z: dec(latents=z)["logits"])
+        return cls(encode_fn, lambda z: decode(latents=z)["logits"])
+
+    @classmethod
+    def from_saved_model(cls, model_dir):
+        signatures = tf.saved_model.load(str(model_dir)).signatures
+        return cls.from_signatures(signatures["encode"], signatures["decode"])
 
     @classmethod
     def from_keras(cls, vae):
-        import tensorflow_probability as tfp
+        """A run's Keras body models, through the same tf.Module the export saves."""
+        from training.export import VAEServingModule
 
-        d = vae.config.encoded_size
+        module = VAEServingModule(vae.encoder_body, vae.decoder_body, vae.config.encoded_size)
+        return cls.from_signatures(module.encode, module.decode)
 
-        @tf.function
-        def encode(images):
-            q = tfp.layers.MultivariateNormalTriL.new(vae.encoder_body(images, training=False), d)
-            return q.mean(), q.scale.to_dense()
 
-        @tf.function
-        def decode(z):
-            return tf.reshape(vae.decoder_body(z, training=False), [-1, 28, 28, 1])
-
-        return cls(encode, decode)
+def _log_det_scale(scale_tril):
+    """log |det L| of lower-triangular L: the sum of log |diagonal|."""
+    return tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(scale_tril))), axis=-1)
 
 
 def analytic_kl(mean, scale_tril):
     """KL(N(mean, L L^T) || N(0, I)) per row: 0.5 (tr(Sigma) + |mean|^2 - d - log det Sigma)."""
     d = tf.cast(tf.shape(mean)[-1], tf.float32)
     trace = tf.reduce_sum(tf.square(scale_tril), axis=[-2, -1])
-    log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(scale_tril))), axis=-1)
-    return 0.5 * (trace + tf.reduce_sum(tf.square(mean), -1) - d - log_det)
+    return 0.5 * (trace + tf.reduce_sum(tf.square(mean), -1) - d - 2.0 * _log_det_scale(scale_tril))
 
 
 def _log_weights(model, x, mean, scale_tril, eps):
@@ -82,16 +83,17 @@ def _log_weights(model, x, mean, scale_tril, eps):
     labels = tf.broadcast_to(x_flat, logits.shape)
     log_px_z = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), -1)
     log_pz = -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * d * LOG_2PI
-    log_det_l = tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(scale_tril))), -1)
-    log_qz = -0.5 * tf.reduce_sum(tf.square(eps), -1) - log_det_l[:, None] - 0.5 * d * LOG_2PI
+    log_qz = -0.5 * tf.reduce_sum(tf.square(eps), -1) - _log_det_scale(scale_tril)[:, None] - 0.5 * d * LOG_2PI
     return log_px_z, log_pz - log_qz
 
 
-def evaluate(model, x, k=100, batch_size=100, chunk=50, seed=0, progress_every=10):
-    """Metrics over binarized images x (N, 28, 28, 1). Memory is bounded by batch_size * chunk decodes
-    at a time, whatever k is. The k posterior samples serve both the ELBO's expectation and IWAE_k."""
+def evaluate(model, x, k=100, batch_size=100, chunk=50, sampling_seed=0, binarization_seed=BINARIZATION_SEED,
+             progress_every=10):
+    """Metrics over binarized images x (N, 28, 28, 1), binarized with binarization_seed (recorded only).
+    Memory is bounded by batch_size * chunk decodes at a time, whatever k is. The k posterior samples serve
+    both the ELBO's expectation and IWAE_k."""
     start = time.time()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(sampling_seed)
     elbo, iwae, kl_sum, dist_sum = [], [], [], []
     n = len(x)
     for i, lo in enumerate(range(0, n, batch_size)):
@@ -121,7 +123,8 @@ def evaluate(model, x, k=100, batch_size=100, chunk=50, seed=0, progress_every=1
         test_distortion_nats=float(np.mean(np.concatenate(dist_sum))),
         iwae_k=k,
         test_images=n,
-        binarization_seed=seed,
+        binarization_seed=binarization_seed,
+        sampling_seed=sampling_seed,
         seconds=round(time.time() - start, 1),
     )
 
@@ -130,8 +133,10 @@ def evaluate_command(args):
     """The `evaluate` subcommand: print the metrics as JSON; optionally write figures and metadata."""
     from training import export, figures
 
+    if args.update_metadata and not args.model_dir:  # before the minutes of evaluation, not after
+        raise FileNotFoundError("--update-metadata needs --model-dir (the SavedModel whose metadata.json to update)")
     images, _ = data.load_mnist("test", args.data_dir, limit=args.limit)
-    x = data.fixed_binarization(images, seed=0)
+    x = data.fixed_binarization(images, seed=BINARIZATION_SEED)
     if args.model_dir:
         model = Model.from_saved_model(args.model_dir)
         history = export.read_metadata(args.model_dir)["training"].get("history", [])
@@ -144,8 +149,6 @@ def evaluate_command(args):
     metrics = evaluate(model, x, k=args.k)
     print(json.dumps(dataclasses.asdict(metrics), indent=2))
     if args.update_metadata:
-        if not args.model_dir:
-            raise FileNotFoundError("--update-metadata needs --model-dir")
         meta = export.read_metadata(args.model_dir)
         meta["metrics"] = dataclasses.asdict(metrics)
         export.write_metadata(args.model_dir, meta)

@@ -85,7 +85,7 @@ def restore_weights(run_dir):
 
 
 def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2):
-    """Train into run_dir; returns the history rows (one dict per epoch, resumed runs included)."""
+    """Train into run_dir (resuming its last checkpoint with resume=True); returns the trained VAE."""
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.json"
     if resume:

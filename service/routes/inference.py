@@ -38,7 +38,7 @@ async def decode(request: Request, serving: ServingDep, output: OutputQuery = "m
                  format: FormatQuery = None) -> Response:
     """Decode latent vectors into digits, as a PNG (grid) or JSON arrays."""
     document = parse_json(await read_body(request, serving.settings.max_body_bytes))
-    output = check_output(document.get("output", output))
+    output = check_output(document.get("output") or output)
     latents = json_array(document, "latents", (serving.model.latent_size,), serving.settings.max_images)
     out = await serving.batchers.decode.submit(latents, len(latents))
     return images_response(request, format, out[output], {**serving.model.identity, "output": output})

@@ -30,6 +30,11 @@ def test_cli_bad_data_folder_names_it(tmp_path, capsys):
     assert f"error: MNIST data folder does not exist: {tmp_path / 'missing'}" in capsys.readouterr().err
 
 
+def test_cli_update_metadata_needs_model_dir_before_evaluating(tmp_path, capsys):
+    assert main(["evaluate", "--run-dir", str(tmp_path), "--update-metadata"]) == 2
+    assert "error: --update-metadata needs --model-dir" in capsys.readouterr().err
+
+
 def test_cli_export_without_checkpoint_is_clear(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model": {}, "train": {}}')
     assert main(["export", "--run-dir", str(tmp_path), "--base-dir", str(tmp_path / "models")]) == 2

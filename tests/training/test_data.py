@@ -65,6 +65,7 @@ def test_load_mnist_missing_file_names_it(tmp_path, mnist_dir):
         (b"this is not gzip", "not a readable gzip file"),
         (gzip.compress(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") * 3), "truncated"),
         (gzip.compress(b"\x12\x34\x56\x78"), "no IDX uint8 header"),
+        (gzip.compress(bytes(range(256)) * 64)[:40] + b"\xff" * 200, "not a readable gzip file"),
     ],
 )
 def test_load_mnist_corrupt_file_names_it(tmp_path, mnist_dir, content, message):

@@ -111,6 +111,14 @@ def test_encode_bad_upload_rejected(client, as_files, payload, status, detail):
     assert detail in response.json()["detail"]
 
 
+@pytest.mark.parametrize("width,height", [(200_000, 1), (1, 20_000), (3, 2_000)])
+def test_encode_extreme_aspect_ratio_is_cheap(client, as_files, encode_image, width, height):
+    """Within the pixel limit but 200000 wide: fitted into 28x28 without first padding it to a huge square."""
+    response = client.post("/v1/encode", files=as_files(encode_image(np.full((height, width), 255, np.uint8))))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["mean"]) == 1
+
+
 def test_encode_truncated_png_rejected(client, digit_pngs, as_files):
     response = client.post("/v1/encode", files=as_files(digit_pngs[0][:60]))
     assert response.status_code == 400, response.text
@@ -139,7 +147,10 @@ def test_encode_malformed_multipart_rejected(client):
     (b'{"images": [[1, 2, 3]]}', 422, "must have shape [28, 28]"),
     (b'{"images": [[["a"]]]}', 422, "arrays of numbers"),
     (b'{"images": [' + b"[" + b",".join([b"[" + b",".join([b"2"] * 28) + b"]"] * 28) + b"]]}", 422, "in [0, 1]"),
-], ids=["malformed", "empty", "not_object", "no_images", "no_items", "wrong_shape", "not_numbers", "out_of_range"])
+    (b"[" * 5000 + b"]" * 5000, 400, "malformed JSON"),
+    (b'{"images": [[[' + b"1" * 400 + b"]]]}", 422, "arrays of numbers"),
+], ids=["malformed", "empty", "not_object", "no_images", "no_items", "wrong_shape", "not_numbers", "out_of_range",
+        "nested_too_deep", "integer_too_large"])
 def test_encode_bad_json_rejected(client, body, status, detail):
     response = client.post("/v1/encode", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text

@@ -24,6 +24,13 @@ def test_decode_json_equals_signature_call(client, signatures, latents, output):
     np.testing.assert_allclose(body["images"], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_decode_null_output_in_body_uses_query(client, latents):
+    body = {"latents": latents.tolist(), "output": None}
+    response = client.post("/v1/decode", params={"output": "probs"}, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["output"] == "probs"
+
+
 def test_decode_output_in_body_overrides_query(client, latents):
     body = {"latents": latents.tolist(), "output": "probs"}
     response = client.post("/v1/decode", params={"output": "mode"}, json=body)
