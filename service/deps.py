@@ -23,11 +23,16 @@ class Serving:
     settings: Settings
 
 
+def not_ready(app) -> HTTPException:
+    """The 503 that /readyz and the model routes answer until the model is loaded and warmed up."""
+    retry_after = str(app.state.settings.retry_after_s)
+    return HTTPException(503, "the model is not loaded yet", headers={"Retry-After": retry_after})
+
+
 async def _serving(request: Request) -> Serving:
     serving = request.app.state.serving
     if serving is None:
-        raise HTTPException(503, "the model is not loaded yet",
-                            headers={"Retry-After": str(request.app.state.settings.retry_after_s)})
+        raise not_ready(request.app)
     return serving
 
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
-from service.deps import ServingDep
+from service.deps import ServingDep, not_ready
 from service.responses import json_response
 
 router = APIRouter()
@@ -35,8 +35,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the model is loaded and every signature has been called once."""
     if not request.app.state.ready:
-        headers = {"Retry-After": str(request.app.state.settings.retry_after_s)}
-        return json_response({"detail": "the model is not loaded yet"}, headers, status=503)
+        raise not_ready(request.app)
     return json_response({"status": "ready"})
 
 
