@@ -83,10 +83,10 @@ def _git_commit():
 
 
 def _signature_schema(module):
-    schema = {}
     def spec(t):
         return {"dtype": t.dtype.name, "shape": t.shape.as_list()}
 
+    schema = {}
     for name in ("encode", "decode", "sample", "reconstruct"):
         fn = getattr(module, name).get_concrete_function()
         schema[name] = {
