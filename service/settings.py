@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, description="Log every request (costs throughput under load).")
     gpu_memory_growth: bool = Field(True, description="Let TensorFlow grow GPU memory instead of claiming the card.")
     tf_intra_op_threads: int = Field(0, ge=0, description="Threads per TensorFlow op; 0 lets TensorFlow choose.")
+    gil_switch_interval_ms: float = Field(0.2, gt=0, description="How long a busy thread keeps the GIL from a waiting "
+                                          "one (Python's default: 5 ms); short, so model calls are not held up.")
 
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
     max_images: int = Field(256, gt=0, description="Most images or latents in one request.")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from service import schemas
-from service.deps import ServingDep
+from service.deps import ready_serving
 from service.payloads import json_array, parse_json, read_body, read_images
 from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
 
@@ -23,9 +23,9 @@ IMAGE_RESPONSES = {200: {"content": schemas.PNG}, **schemas.ERRORS}
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
              openapi_extra=schemas.images_request_body())
-async def encode(request: Request, serving: ServingDep, invert: InvertQuery = None,
-                 normalize: NormalizeQuery = False) -> Response:
+async def encode(request: Request, invert: InvertQuery = None, normalize: NormalizeQuery = False) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril."""
+    serving = ready_serving(request)
     images = await read_images(request, serving.settings, invert, normalize)
     out = await serving.batchers.encode.submit(images, len(images))
     return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
@@ -34,9 +34,9 @@ async def encode(request: Request, serving: ServingDep, invert: InvertQuery = No
 
 @router.post("/decode", response_model=schemas.Decoded, responses=IMAGE_RESPONSES,
              openapi_extra=schemas.latents_request_body())
-async def decode(request: Request, serving: ServingDep, output: OutputQuery = "mode",
-                 format: FormatQuery = None) -> Response:
+async def decode(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Decode latent vectors into digits, as a PNG (grid) or JSON arrays."""
+    serving = ready_serving(request)
     document = parse_json(await read_body(request, serving.settings.max_body_bytes))
     output = check_output(document.get("output") or output)
     latents = json_array(document, "latents", (serving.model.latent_size,), serving.settings.max_images)
@@ -46,9 +46,10 @@ async def decode(request: Request, serving: ServingDep, output: OutputQuery = "m
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGE_RESPONSES,
              openapi_extra=schemas.images_request_body())
-async def reconstruct(request: Request, serving: ServingDep, output: OutputQuery = "mode", format: FormatQuery = None,
+async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None,
                       invert: InvertQuery = None, normalize: NormalizeQuery = False) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means."""
+    serving = ready_serving(request)
     images = await read_images(request, serving.settings, invert, normalize)
     out = await serving.batchers.reconstruct.submit(images, len(images))
     fields = {**serving.model.identity, "output": output, "mean": out["mean"]}
@@ -56,12 +57,13 @@ async def reconstruct(request: Request, serving: ServingDep, output: OutputQuery
 
 
 @router.get("/samples", response_model=schemas.Samples, responses={**IMAGE_RESPONSES, 304: {"description": "ETag"}})
-async def samples(request: Request, serving: ServingDep,
+async def samples(request: Request,
                   n: Annotated[int, Query(description="How many digits.", examples=[16])] = 16,
                   seed: Annotated[int | None, Query(ge=0, lt=2**63, description="Same seed, same bytes; absent: "
                                                     "random, returned in X-Seed.", examples=[7])] = None,
                   output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Digits generated from the prior, as a PNG grid or JSON with their latents."""
+    serving = ready_serving(request)
     if not 1 <= n <= serving.settings.max_samples:
         raise HTTPException(422, f"n must be between 1 and {serving.settings.max_samples}, got {n}")
     seeded = seed is not None

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
-from service.deps import ServingDep, not_ready
+from service.deps import not_ready, ready_serving
 from service.responses import json_response
 
 router = APIRouter()
@@ -12,8 +12,9 @@ METADATA_KEYS = ("signatures", "default_signature", "training", "metrics", "vers
 
 
 @router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": schemas.Problem}})
-async def model_info(serving: ServingDep) -> Response:
+async def model_info(request: Request) -> Response:
     """Metadata of the served model, the device TensorFlow runs on, and the batching settings."""
+    serving = ready_serving(request)
     model, settings = serving.model, serving.settings
     meta = model.metadata
     return json_response({

@@ -1,5 +1,6 @@
 """Settings come from VAE_* variables, and `python -m service` flags override them."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,8 @@ def test_settings_bad_value_fails_at_start(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("VAE_").lower()):
         Settings()
+
+
+def test_service_sets_the_gil_switch_interval(make_client):
+    make_client(gil_switch_interval_ms=0.7)  # the default, 0.2, is already set by any other client
+    assert sys.getswitchinterval() == pytest.approx(0.0007)
