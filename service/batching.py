@@ -1,11 +1,17 @@
-"""Dynamic batching: one bounded queue and one worker per signature, merging concurrent requests into one model call."""
+"""Dynamic batching: one bounded queue and one model thread per signature, merging concurrent requests into one model
+call.
+
+The model thread collects its own batches: when a call ends it starts the next one at once from what queued up
+meanwhile. Collecting on the event loop instead cost about 1 ms per batch under load (the loop first had to finish
+its turn, then hand the batch to a thread), an eighth of the model's time."""
 
 import asyncio
 import logging
 import operator
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # A batch function takes the payloads of a batch and returns one result per payload, in order.
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
+_STOP = None  # put on the queue by stop(): the model thread ends
 
 
 class QueueFullError(RuntimeError):
@@ -32,13 +39,13 @@ class ShuttingDownError(RuntimeError):
 class _Item:
     payload: Any
     size: int  # images this request adds to a batch
-    future: asyncio.Future
-    enqueued: float  # time.perf_counter(): uvloop's loop.time() has millisecond resolution
+    future: asyncio.Future  # set on the event loop only
+    enqueued: float  # time.perf_counter()
 
 
 class Batcher:
     def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
-                 executor: Executor, metrics: Metrics, same_batch: Callable[[Any, Any], bool] | None = None):
+                 metrics: Metrics, same_batch: Callable[[Any, Any], bool] | None = None):
         """same_batch(first, other): whether a payload may join the batch of `first` (default: any may)."""
         # Bad settings fail here, when the app starts, not at the first request.
         if max_size < 1:
@@ -52,10 +59,11 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self._batch_fn = batch_fn
         self._same_batch = same_batch
-        self._executor = executor
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_max)
-        self._carry: _Item | None = None  # an item that did not fit into the previous batch
-        self._task: asyncio.Task | None = None
+        self._queue: queue.Queue[_Item | None] = queue.Queue(queue_max)
+        self._carry: _Item | None = None  # an item that did not fit into the previous batch (model thread only)
+        self._current: list[_Item] = []  # the batch in the model call, so that stop() can fail it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._batch_size = metrics.batch_size.labels(name)
         self._queue_wait = metrics.queue_wait.labels(name)
         self._queue_depth = metrics.queue_depth.labels(name)
@@ -63,54 +71,74 @@ class Batcher:
         self._inference = metrics.inference.labels(name)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=f"model-{self.name}", daemon=True)
+        self._thread.start()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        pending = [self._carry] if self._carry else []
+    async def stop(self, timeout_s: float = 30) -> None:
+        """Fail what is queued and in the model call, then wait (up to timeout_s) for the call to end."""
+        pending = [*self._current] + ([self._carry] if self._carry else [])
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
-        _fail(pending, ShuttingDownError(f"{self.name} batcher stopped"))
+        _fail([item for item in pending if item is not _STOP], ShuttingDownError(f"{self.name} batcher stopped"))
+        if self._thread is not None:
+            self._queue.put(_STOP)  # there is room: only this event loop adds items, and the queue was just emptied
+            await asyncio.to_thread(self._thread.join, timeout_s)
 
     async def submit(self, payload: Any, size: int) -> Any:
         """Queue one request of `size` images and wait for its own share of a batch's result."""
-        loop = asyncio.get_running_loop()
-        item = _Item(payload, size, loop.create_future(), time.perf_counter())
+        item = _Item(payload, size, self._loop.create_future(), time.perf_counter())
         try:
             self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        except queue.Full:
             self._rejected.inc()
             raise QueueFullError(f"{self.name} queue is full ({self._queue.maxsize} requests waiting)") from None
         self._queue_depth.set(self._queue.qsize())
         return await item.future
 
-    async def _run(self) -> None:
-        while True:
-            batch = await self._collect()
+    def _run(self) -> None:
+        """The model thread: collect a batch, call the model, hand the results to the event loop; until stop()."""
+        while (batch := self._collect()) is not None:
+            # Callers that went away are not computed. done() is read off the loop's thread: at worst a caller that
+            # is cancelled right now is computed for nothing.
+            self._current = [item for item in batch if not item.future.done()]
+            if not self._current:
+                continue
             try:
-                await self._dispatch(batch)
-            except Exception:  # keep serving: _dispatch already failed the batch's futures
-                log.exception("%s batch of %d requests failed", self.name, len(batch))
+                results = self._call(self._current)
+            except Exception as err:  # keep serving: every caller of the batch gets the error
+                log.exception("%s batch of %d requests failed", self.name, len(self._current))
+                outcome = (_fail, self._current, err)
+            else:
+                outcome = (_settle, self._current, results)
+            self._current = []
+            try:
+                self._loop.call_soon_threadsafe(*outcome)
+            except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                return
 
-    async def _collect(self) -> list[_Item]:
-        """Wait for a first item, then take what is queued until the batch is full, the queue is idle or the delay
-        (counted from the first item's arrival) is over."""
-        first = self._carry or await self._queue.get()
-        self._carry = None
+    def _collect(self) -> list[_Item] | None:
+        """Take a first item, then what is queued, until the batch is full. If the model was idle (the first item
+        had to be waited for), keep waiting for company while requests keep arriving, at most max_delay/8 apart and
+        up to max_delay after the first: a lone request is on its way after max_delay/8."""
+        first, self._carry = self._carry, None
+        idle = False
+        if first is None:
+            try:
+                first = self._queue.get_nowait()
+            except queue.Empty:
+                first, idle = self._queue.get(), True
+        if first is _STOP:
+            return None
         batch, size = [first], first.size
         deadline = first.enqueued + self.max_delay_s
         while size < self.max_size:
-            if self._queue.empty():
-                if time.perf_counter() >= deadline:
-                    break
-                await asyncio.sleep(0)  # one loop turn, so requests already being parsed can join
-                if self._queue.empty():
-                    break  # idle: a lone client does not wait out the delay
-                continue
-            item = self._queue.get_nowait()
-            joins = self._same_batch is None or self._same_batch(first.payload, item.payload)
+            wait = min(self.max_delay_s / 8, deadline - time.perf_counter()) if idle else 0
+            try:
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            joins = item is not _STOP and (self._same_batch is None or self._same_batch(first.payload, item.payload))
             if not joins or size + item.size > self.max_size:
                 self._carry = item
                 break
@@ -119,29 +147,22 @@ class Batcher:
         self._queue_depth.set(self._queue.qsize())
         return batch
 
-    async def _dispatch(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
-        live = [item for item in batch if not item.future.done()]  # callers that went away are not computed
-        if not live:
-            return
+    def _call(self, batch: list[_Item]) -> Sequence[Any]:
         now = time.perf_counter()
-        for item in live:
+        for item in batch:
             self._queue_wait.observe(now - item.enqueued)
-        self._batch_size.observe(sum(item.size for item in live))
-        try:
-            with self._inference.time():
-                results = await loop.run_in_executor(self._executor, self._batch_fn, [item.payload for item in live])
-            if len(results) != len(live):
-                raise RuntimeError(f"{self.name} batch function gave {len(results)} results for {len(live)} requests")
-        except asyncio.CancelledError:
-            _fail(live, ShuttingDownError(f"{self.name} batcher stopped"))
-            raise
-        except Exception as err:
-            _fail(live, err)
-            raise
-        for item, result in zip(live, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
+        self._batch_size.observe(sum(item.size for item in batch))
+        with self._inference.time():
+            results = self._batch_fn([item.payload for item in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"{self.name} batch function gave {len(results)} results for {len(batch)} requests")
+        return results
+
+
+def _settle(items: list[_Item], results: Sequence[Any]) -> None:
+    for item, result in zip(items, results, strict=True):
+        if not item.future.done():
+            item.future.set_result(result)
 
 
 def _fail(items: list[_Item], err: BaseException) -> None:
@@ -202,11 +223,11 @@ class Batchers:
     sample: Batcher
 
     @classmethod
-    def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, executor: Executor,
+    def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int,
                   metrics: Metrics) -> "Batchers":
         def batcher(name: str, batch_fn: BatchFn, **options) -> Batcher:
             return Batcher(name, batch_fn, max_size=max_size, max_delay_s=max_delay_s, queue_max=queue_max,
-                           executor=executor, metrics=metrics, **options)
+                           metrics=metrics, **options)
 
         buckets = bucket_sizes(max_size)
         return cls(encode=batcher("encode", stacked(model.encode, buckets)),

@@ -5,7 +5,6 @@ import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -53,19 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         # Loading (and the metadata check) happens before the port opens, so a bad model fails the start at once.
         model = await asyncio.to_thread(load_model, settings.model_dir, device)
-        # Model calls run on these threads, off the event loop; one per batcher is enough since each has one worker.
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="model") as executor:
-            batchers = Batchers.for_model(model, max_size=settings.batch_max_size,
-                                          max_delay_s=settings.batch_max_delay_ms / 1000,
-                                          queue_max=settings.queue_max, executor=executor, metrics=metrics)
-            # The warm-up (seconds) runs with the port open: /healthz answers, /readyz and the model routes say 503.
-            warm_up = asyncio.create_task(_become_ready(app, Serving(model, batchers, settings)))
-            yield
-            app.state.ready = False
-            warm_up.cancel()
-            await asyncio.gather(warm_up, return_exceptions=True)
-            for batcher in batchers.all():
-                await batcher.stop()
+        batchers = Batchers.for_model(model, max_size=settings.batch_max_size,
+                                      max_delay_s=settings.batch_max_delay_ms / 1000, queue_max=settings.queue_max,
+                                      metrics=metrics)
+        # The warm-up (seconds) runs with the port open: /healthz answers, /readyz and the model routes say 503.
+        warm_up = asyncio.create_task(_become_ready(app, Serving(model, batchers, settings)))
+        yield
+        app.state.ready = False
+        warm_up.cancel()
+        await asyncio.gather(warm_up, return_exceptions=True)
+        for batcher in batchers.all():
+            await batcher.stop()
 
     # The routers' routes are handed over as they are: include_router would put a resolution layer in front of
     # them that costs ~20 us per request, about 8% of the event loop's time per encode request under load.

@@ -1,10 +1,9 @@
-"""The batcher on its own: merging, the idle fast path, limits, errors, cancellation. The batch function here is a
-plain function held on a threading.Event to control timing; the model is exercised in the route tests."""
+"""The batcher on its own: merging, the idle fast path, limits, errors, cancellation, stopping. The batch function here
+is a plain function held on a threading.Event to control timing; the model is exercised in the route tests."""
 
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -30,33 +29,27 @@ class Recorder:
         return [p * 10 for p in payloads]
 
 
-@pytest.fixture
-def executor():
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-def make(fn, executor, **overrides) -> Batcher:
+def make(fn, **overrides) -> Batcher:
     options = {"max_size": 256, "max_delay_s": 0.002, "queue_max": 64} | overrides
-    return Batcher("test", fn, executor=executor, metrics=Metrics(), **options)
+    return Batcher("test", fn, metrics=Metrics(), **options)
 
 
-async def busy(executor, **overrides) -> tuple[Batcher, Recorder, asyncio.Task]:
+async def busy(**overrides) -> tuple[Batcher, Recorder, asyncio.Task]:
     """A started batcher whose worker is held inside a model call for request 0, so that later requests queue up."""
     recorder = Recorder(hold=True)
-    batcher = make(recorder, executor, **overrides)
+    batcher = make(recorder, **overrides)
     batcher.start()
     first = asyncio.create_task(batcher.submit(0, 1))
     await asyncio.to_thread(recorder.started.wait, 5)
     return batcher, recorder, first
 
 
-def run_held(executor, requests: list[tuple[int, int]], **overrides) -> tuple[list[list], list]:
+def run_held(requests: list[tuple[int, int]], **overrides) -> tuple[list[list], list]:
     """Submit (payload, size) `requests` while the worker is held on request 0, then release it.
     Returns the batch function's calls and every caller's result, request 0 first."""
 
     async def scenario():
-        batcher, recorder, first = await busy(executor, **overrides)
+        batcher, recorder, first = await busy(**overrides)
         queued = [asyncio.create_task(batcher.submit(payload, size)) for payload, size in requests]
         await asyncio.sleep(0.01)
         recorder.release.set()
@@ -67,21 +60,21 @@ def run_held(executor, requests: list[tuple[int, int]], **overrides) -> tuple[li
     return asyncio.run(scenario())
 
 
-def test_submit_merges_waiting_requests_into_one_call(executor):
-    calls, results = run_held(executor, [(i, 1) for i in range(1, 11)])
+def test_submit_merges_waiting_requests_into_one_call():
+    calls, results = run_held([(i, 1) for i in range(1, 11)])
     assert calls == [[0], list(range(1, 11))]
     assert results == [i * 10 for i in range(11)]
 
 
-def test_submit_respects_max_size(executor):
-    calls, _ = run_held(executor, [(i, 2) for i in range(1, 6)], max_size=4)  # 2 images each: two fit per batch
+def test_submit_respects_max_size():
+    calls, _ = run_held([(i, 2) for i in range(1, 6)], max_size=4)  # 2 images each: two fit per batch
     assert calls == [[0], [1, 2], [3, 4], [5]]
 
 
-def test_submit_max_size_one_calls_once_per_request(executor):
+def test_submit_max_size_one_calls_once_per_request():
     async def scenario():
         recorder = Recorder()
-        batcher = make(recorder, executor, max_size=1)
+        batcher = make(recorder, max_size=1)
         batcher.start()
         results = await asyncio.gather(*(batcher.submit(i, 1) for i in range(5)))
         await batcher.stop()
@@ -92,23 +85,57 @@ def test_submit_max_size_one_calls_once_per_request(executor):
     assert results == [i * 10 for i in range(5)]
 
 
-def test_submit_lone_request_does_not_wait_for_delay(executor):
+def test_submit_lone_request_waits_an_eighth_of_the_delay():
     async def scenario():
-        batcher = make(Recorder(), executor, max_delay_s=2.0)
+        batcher = make(Recorder(), max_delay_s=2.0)
         batcher.start()
-        await batcher.submit(1, 1)  # warm the thread pool
         start = time.perf_counter()
         await batcher.submit(1, 1)
         elapsed = time.perf_counter() - start
         await batcher.stop()
         return elapsed
 
-    assert asyncio.run(scenario()) < 0.5
+    assert 0.2 < asyncio.run(scenario()) < 1.0  # 2.0 / 8 = 0.25 s for company, not the whole 2 s
 
 
-def test_submit_full_queue_raises(executor):
+def test_submit_idle_model_waits_for_company_while_requests_keep_coming():
+    async def scenario(gap_s: float):
+        recorder = Recorder()
+        batcher = make(recorder, max_delay_s=0.4)  # company may be 50 ms apart
+        batcher.start()
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.create_task(batcher.submit(i, 1)))
+            await asyncio.sleep(gap_s)
+        await asyncio.gather(*tasks)
+        await batcher.stop()
+        return recorder.calls
+
+    assert asyncio.run(scenario(0.005)) == [[0, 1, 2]]
+    assert asyncio.run(scenario(0.15)) == [[0], [1], [2]]
+
+
+def test_next_batch_starts_while_the_event_loop_is_busy():
+    """The model thread collects its own batches: a busy event loop does not hold up the next model call."""
     async def scenario():
-        batcher, recorder, first = await busy(executor, queue_max=2)
+        batcher, recorder, first = await busy()
+        queued = [asyncio.create_task(batcher.submit(i, 1)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)  # the three are queued
+        recorder.release.set()
+        time.sleep(0.3)  # blocks the event loop: only the model thread can move
+        calls_while_blocked = list(recorder.calls)
+        results = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return calls_while_blocked, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls == [[0], [1, 2, 3]]
+    assert results == [0, 10, 20, 30]
+
+
+def test_submit_full_queue_raises():
+    async def scenario():
+        batcher, recorder, first = await busy(queue_max=2)
         queued = [asyncio.create_task(batcher.submit(i, 1)) for i in (1, 2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFullError, match="test queue is full"):
@@ -121,12 +148,12 @@ def test_submit_full_queue_raises(executor):
     assert asyncio.run(scenario()) == [0, 10, 20]
 
 
-def test_submit_error_reaches_every_caller(executor):
+def test_submit_error_reaches_every_caller():
     def broken(payloads):
         raise ValueError(f"boom on {len(payloads)}")
 
     async def scenario():
-        batcher = make(broken, executor)
+        batcher = make(broken)
         batcher.start()
         outcomes = await asyncio.gather(*(batcher.submit(i, 1) for i in range(3)), return_exceptions=True)
         after = await asyncio.gather(batcher.submit(9, 1), return_exceptions=True)  # the worker survives
@@ -137,9 +164,9 @@ def test_submit_error_reaches_every_caller(executor):
     assert all(isinstance(o, ValueError) and str(o).startswith("boom on") for o in outcomes)
 
 
-def test_submit_wrong_result_count_fails_every_caller(executor):
+def test_submit_wrong_result_count_fails_every_caller():
     async def scenario():
-        batcher = make(lambda payloads: payloads[:-1], executor)
+        batcher = make(lambda payloads: payloads[:-1])
         batcher.start()
         outcomes = await asyncio.gather(*(batcher.submit(i, 1) for i in range(2)), return_exceptions=True)
         await batcher.stop()
@@ -150,9 +177,9 @@ def test_submit_wrong_result_count_fails_every_caller(executor):
         assert "results for" in str(outcome)
 
 
-def test_submit_cancelled_caller_is_skipped(executor):
+def test_submit_cancelled_caller_is_skipped():
     async def scenario():
-        batcher, recorder, first = await busy(executor)
+        batcher, recorder, first = await busy()
         gone = asyncio.create_task(batcher.submit(1, 1))
         kept = asyncio.create_task(batcher.submit(2, 1))
         await asyncio.sleep(0)
@@ -168,17 +195,22 @@ def test_submit_cancelled_caller_is_skipped(executor):
     assert cancelled
 
 
-def test_stop_fails_queued_requests(executor):
+def test_stop_fails_queued_and_running_requests_at_once():
     async def scenario():
-        batcher, recorder, first = await busy(executor)
+        batcher, recorder, first = await busy()
         queued = asyncio.create_task(batcher.submit(1, 1))
         await asyncio.sleep(0)
-        await batcher.stop()
+        stopping = asyncio.create_task(batcher.stop())  # waits for the model call to end
+        outcomes = await asyncio.gather(first, queued, return_exceptions=True)
+        stopped_early = stopping.done()
         recorder.release.set()
-        return await asyncio.gather(first, queued, return_exceptions=True)
+        await stopping
+        return outcomes, stopped_early, batcher._thread.is_alive()
 
-    outcomes = asyncio.run(scenario())
+    outcomes, stopped_early, alive = asyncio.run(scenario())
     assert all(isinstance(o, ShuttingDownError) for o in outcomes)
+    assert not stopped_early  # the model call was still running
+    assert not alive
 
 
 @pytest.mark.parametrize("options,message", [
@@ -186,13 +218,13 @@ def test_stop_fails_queued_requests(executor):
     ({"max_delay_s": -1}, "max delay must be >= 0, got -1"),
     ({"queue_max": 0}, "queue max must be >= 1, got 0"),
 ])
-def test_batcher_bad_settings_fail_at_build(executor, options, message):
+def test_batcher_bad_settings_fail_at_build(options, message):
     with pytest.raises(ValueError, match=message):
-        make(Recorder(), executor, **options)
+        make(Recorder(), **options)
 
 
-def test_submit_same_batch_keeps_other_payloads_apart(executor):
-    calls, results = run_held(executor, [(p, 1) for p in (5, 5, 7, 7, 5)], same_batch=lambda a, b: a == b)
+def test_submit_same_batch_keeps_other_payloads_apart():
+    calls, results = run_held([(p, 1) for p in (5, 5, 7, 7, 5)], same_batch=lambda a, b: a == b)
     assert calls == [[0], [5, 5], [7, 7], [5]]
     assert results == [0, 50, 50, 70, 70, 50]
 
