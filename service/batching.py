@@ -118,9 +118,9 @@ class Batcher:
                 return
 
     def _collect(self) -> list[_Item] | None:
-        """Take a first item, then what is queued, until the batch is full. If the model was idle (the first item
-        had to be waited for), keep waiting for company while requests keep arriving, at most max_delay/8 apart and
-        up to max_delay after the first: a lone request is on its way after max_delay/8."""
+        """Take a first item, then what is queued, until the batch is full. If the model was idle (the first item had
+        to be waited for), wait for company while requests keep arriving: after each event-loop turn that added
+        some, up to max_delay after the first. A lone request waits one loop turn (about 0.1 ms)."""
         first, self._carry = self._carry, None
         idle = False
         if first is None:
@@ -133,11 +133,12 @@ class Batcher:
         batch, size = [first], first.size
         deadline = first.enqueued + self.max_delay_s
         while size < self.max_size:
-            wait = min(self.max_delay_s / 8, deadline - time.perf_counter()) if idle else 0
             try:
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                if not (idle and self._loop_turn(deadline - time.perf_counter())) or self._queue.empty():
+                    break
+                continue
             joins = item is not _STOP and (self._same_batch is None or self._same_batch(first.payload, item.payload))
             if not joins or size + item.size > self.max_size:
                 self._carry = item
@@ -146,6 +147,17 @@ class Batcher:
             size += item.size
         self._queue_depth.set(self._queue.qsize())
         return batch
+
+    def _loop_turn(self, timeout_s: float) -> bool:
+        """Wait (up to timeout_s) until the event loop has run what was ready: requests it is parsing submit then."""
+        if timeout_s <= 0:
+            return False
+        turned = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(turned.set)
+        except RuntimeError:  # the event loop is closed
+            return False
+        return turned.wait(timeout_s)
 
     def _call(self, batch: list[_Item]) -> Sequence[Any]:
         now = time.perf_counter()

@@ -85,7 +85,7 @@ def test_submit_max_size_one_calls_once_per_request():
     assert results == [i * 10 for i in range(5)]
 
 
-def test_submit_lone_request_waits_an_eighth_of_the_delay():
+def test_submit_lone_request_does_not_wait_for_delay():
     async def scenario():
         batcher = make(Recorder(), max_delay_s=2.0)
         batcher.start()
@@ -95,24 +95,26 @@ def test_submit_lone_request_waits_an_eighth_of_the_delay():
         await batcher.stop()
         return elapsed
 
-    assert 0.2 < asyncio.run(scenario()) < 1.0  # 2.0 / 8 = 0.25 s for company, not the whole 2 s
+    assert asyncio.run(scenario()) < 0.2  # one loop turn, not the 2 s delay
 
 
-def test_submit_idle_model_waits_for_company_while_requests_keep_coming():
-    async def scenario(gap_s: float):
+def test_submit_idle_model_waits_for_requests_parsed_in_the_same_loop_turn():
+    async def scenario():
         recorder = Recorder()
-        batcher = make(recorder, max_delay_s=0.4)  # company may be 50 ms apart
+        batcher = make(recorder, max_delay_s=2.0)
         batcher.start()
-        tasks = []
-        for i in range(3):
-            tasks.append(asyncio.create_task(batcher.submit(i, 1)))
-            await asyncio.sleep(gap_s)
-        await asyncio.gather(*tasks)
-        await batcher.stop()
-        return recorder.calls
 
-    assert asyncio.run(scenario(0.005)) == [[0, 1, 2]]
-    assert asyncio.run(scenario(0.15)) == [[0], [1], [2]]
+        async def handler(i: int) -> int:
+            time.sleep(0.02)  # parsing a request body, on the event loop
+            return await batcher.submit(i, 1)
+
+        results = await asyncio.gather(*(handler(i) for i in range(4)))
+        await batcher.stop()
+        return recorder.calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls == [[0, 1, 2, 3]]
+    assert results == [0, 10, 20, 30]
 
 
 def test_next_batch_starts_while_the_event_loop_is_busy():
