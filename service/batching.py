@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # A batch function takes the payloads of a batch and returns one result per payload, in order.
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
-_STOP = None  # put on the queue by stop(): the model thread ends
+_STOP: Any = object()  # put on the queue by stop(): the model thread ends
 
 
 class QueueFullError(RuntimeError):
@@ -59,7 +59,7 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self._batch_fn = batch_fn
         self._same_batch = same_batch
-        self._queue: queue.Queue[_Item | None] = queue.Queue(queue_max)
+        self._queue: queue.Queue[_Item] = queue.Queue(queue_max)  # and _STOP
         self._carry: _Item | None = None  # an item that did not fit into the previous batch (model thread only)
         self._current: list[_Item] = []  # the batch in the model call, so that stop() can fail it
         self._loop: asyncio.AbstractEventLoop | None = None

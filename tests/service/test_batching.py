@@ -215,6 +215,22 @@ def test_stop_fails_queued_and_running_requests_at_once():
     assert not alive
 
 
+def test_stop_while_the_model_thread_waits_for_company():
+    async def scenario():
+        batcher = make(Recorder(), max_delay_s=2.0)
+        batcher.start()
+        request = asyncio.create_task(batcher.submit(1, 1))
+        await asyncio.sleep(0)  # queued
+        time.sleep(0.05)  # the model thread takes it and waits for a loop turn, which cannot run yet
+        start = time.perf_counter()
+        await batcher.stop(timeout_s=5)
+        return await request, time.perf_counter() - start, batcher._thread.is_alive()
+
+    result, stop_s, alive = asyncio.run(scenario())
+    assert result == 10  # it was taken before stop(): computed, not lost
+    assert stop_s < 1 and not alive
+
+
 @pytest.mark.parametrize("options,message", [
     ({"max_size": 0}, "max size must be >= 1, got 0"),
     ({"max_delay_s": -1}, "max delay must be >= 0, got -1"),
