@@ -35,6 +35,8 @@ def server(model_dir):
             if ready.status_code == 200:
                 break
             encode = httpx.post(f"{url}/v1/encode", json={"images": [[[0.0] * 28] * 28]})
+            if encode.status_code == 200:  # it became ready between the two requests
+                continue
             startup.append((ready.status_code, httpx.get(f"{url}/healthz").status_code, encode.status_code,
                             encode.headers.get("retry-after"), encode.json()["detail"]))
         except httpx.TransportError:
