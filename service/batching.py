@@ -64,6 +64,7 @@ class Batcher:
         self._current: list[_Item] = []  # the batch in the model call, so that stop() can fail it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = False
         self._batch_size = metrics.batch_size.labels(name)
         self._queue_wait = metrics.queue_wait.labels(name)
         self._queue_depth = metrics.queue_depth.labels(name)
@@ -77,9 +78,14 @@ class Batcher:
 
     async def stop(self, timeout_s: float = 30) -> None:
         """Fail what is queued and in the model call, then wait (up to timeout_s) for the call to end."""
+        self._stopped = True  # later submits fail at once
         pending = [*self._current] + ([self._carry] if self._carry else [])
-        while not self._queue.empty():
-            pending.append(self._queue.get_nowait())
+        while True:  # not `while not empty()`: the model thread may take the last item between the two calls
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._queue_depth.set(0)
         _fail([item for item in pending if item is not _STOP], ShuttingDownError(f"{self.name} batcher stopped"))
         if self._thread is not None:
             self._queue.put(_STOP)  # there is room: only this event loop adds items, and the queue was just emptied
@@ -87,6 +93,8 @@ class Batcher:
 
     async def submit(self, payload: Any, size: int) -> Any:
         """Queue one request of `size` images and wait for its own share of a batch's result."""
+        if self._stopped:
+            raise ShuttingDownError(f"{self.name} batcher stopped")
         item = _Item(payload, size, self._loop.create_future(), time.perf_counter())
         try:
             self._queue.put_nowait(item)
@@ -139,14 +147,22 @@ class Batcher:
                 if not (idle and self._loop_turn(deadline - time.perf_counter())) or self._queue.empty():
                     break
                 continue
-            joins = item is not _STOP and (self._same_batch is None or self._same_batch(first.payload, item.payload))
-            if not joins or size + item.size > self.max_size:
+            if not self._joins(first, item) or size + item.size > self.max_size:
                 self._carry = item
                 break
             batch.append(item)
             size += item.size
         self._queue_depth.set(self._queue.qsize())
         return batch
+
+    def _joins(self, first: _Item, item: _Item) -> bool:
+        if item is _STOP:
+            return False
+        try:
+            return self._same_batch is None or bool(self._same_batch(first.payload, item.payload))
+        except Exception:  # a bug in same_batch must not end the model thread: the item goes in a batch of its own
+            log.exception("%s same_batch failed; the request goes in a batch of its own", self.name)
+            return False
 
     def _loop_turn(self, timeout_s: float) -> bool:
         """Wait (up to timeout_s) until the event loop has run what was ready: requests it is parsing submit then."""

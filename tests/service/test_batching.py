@@ -231,6 +231,26 @@ def test_stop_while_the_model_thread_waits_for_company():
     assert stop_s < 1 and not alive
 
 
+def test_submit_after_stop_fails_at_once():
+    async def scenario():
+        batcher = make(Recorder())
+        batcher.start()
+        await batcher.stop()
+        with pytest.raises(ShuttingDownError, match="test batcher stopped"):
+            await asyncio.wait_for(batcher.submit(1, 1), 1)
+
+    asyncio.run(scenario())
+
+
+def test_failing_same_batch_does_not_end_the_model_thread():
+    def same_batch(first, other):
+        raise ValueError("bug")
+
+    calls, results = run_held([(1, 1), (2, 1)], same_batch=same_batch)
+    assert calls == [[0], [1], [2]]  # each in a batch of its own
+    assert results == [0, 10, 20]
+
+
 @pytest.mark.parametrize("options,message", [
     ({"max_size": 0}, "max size must be >= 1, got 0"),
     ({"max_delay_s": -1}, "max delay must be >= 0, got -1"),
