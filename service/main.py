@@ -25,8 +25,10 @@ async def _become_ready(app: FastAPI, serving: Serving) -> None:
     settings = serving.settings
     try:
         await asyncio.to_thread(serving.model.warm_up, bucket_sizes(settings.batch_max_size))
-    except Exception:
-        log.exception("warm-up failed: the service stays unready")
+    except Exception as err:
+        # /healthz answers 503 from now on, so Docker or Kubernetes restarts the container.
+        app.state.failure = f"warm-up failed: {type(err).__name__}: {err}"
+        log.exception("warm-up failed: the service stays unready and /healthz answers 503")
         raise
     # TensorFlow leaves ~350k long-lived Python objects: a full collection walks them all in 0.2-0.5 s, stalling
     # every request in flight. Freezing them takes them out of the collector's sight. Requests make almost no
@@ -71,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
                   version="1", lifespan=lifespan, routes=[*inference.router.routes, *ops.router.routes])
     app.state.settings, app.state.metrics = settings, metrics
-    app.state.serving, app.state.ready = None, False
+    app.state.serving, app.state.ready, app.state.failure = None, False, None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app, settings.retry_after_s)
     return app

@@ -26,10 +26,12 @@ async def model_info(request: Request) -> Response:
     })
 
 
-@router.get("/healthz", tags=["ops"])
-async def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
+@router.get("/healthz", tags=["ops"], responses={503: {"model": schemas.Problem}})
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers, and the model's warm-up has not failed (503 naming the error if it has)."""
+    if request.app.state.failure:
+        return json_response({"detail": request.app.state.failure}, status=503)
+    return json_response({"status": "ok"})
 
 
 @router.get("/readyz", tags=["ops"], responses={503: {"model": schemas.Problem}})

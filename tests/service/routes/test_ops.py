@@ -1,5 +1,7 @@
 """GET /v1/model, /healthz, /readyz, /metrics and the OpenAPI schema."""
 
+import time
+
 from fastapi.testclient import TestClient
 
 from service.main import create_app
@@ -28,6 +30,21 @@ def test_healthz_answers_ok(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_failed_warm_up_makes_healthz_503(model_dir, monkeypatch):
+    def failing_warm_up(self, batch_sizes):
+        raise RuntimeError("out of GPU memory")  # as a real warm-up can fail, after a successful load
+
+    monkeypatch.setattr("service.model.VaeModel.warm_up", failing_warm_up)
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        deadline = time.monotonic() + 30
+        while (health := client.get("/healthz")).status_code == 200:
+            assert time.monotonic() < deadline, "/healthz still 200 after the warm-up failed"
+            time.sleep(0.02)
+        assert health.status_code == 503
+        assert health.json()["detail"] == "warm-up failed: RuntimeError: out of GPU memory"
+        assert client.get("/readyz").status_code == 503
 
 
 def test_model_shows_metadata_and_device(client, model_dir):
