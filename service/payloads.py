@@ -10,11 +10,14 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import HTTPException, Request
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.images import SIDE, ImageError, load_image
 from service.settings import Settings
+
+_FLAG = TypeAdapter(bool)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -66,9 +69,25 @@ def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], 
     return array
 
 
-async def read_images(request: Request, settings: Settings, invert: bool | None, normalize: bool) -> np.ndarray:
+def query_flag(request: Request, name: str) -> bool | None:
+    """A boolean query parameter (parsed as FastAPI would: true/false, 1/0, yes/no, on/off), None when absent.
+
+    Read here rather than declared on the route: FastAPI's parameter handling cost about 10 us per declared
+    parameter per request, an eighth of the event loop's time per encode request under load."""
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return _FLAG.validate_python(value)
+    except ValidationError:
+        raise HTTPException(422, f"query.{name}: must be true or false, got {value!r}") from None
+
+
+async def read_images(request: Request, settings: Settings) -> np.ndarray:
     """Images from multipart file uploads (any format Pillow reads) or JSON {"images": [28x28 arrays in [0, 1]]},
-    as float32 (N, 28, 28, 1)."""
+    as float32 (N, 28, 28, 1). Uploads follow the query parameters invert (absent: when the background is light)
+    and normalize (default false)."""
+    invert, normalize = query_flag(request, "invert"), query_flag(request, "normalize") or False
     body = await read_body(request, settings.max_body_bytes)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         uploads = await _uploads(request, body, settings.max_images)

@@ -78,9 +78,19 @@ PNG = {"image/png": {"schema": {"type": "string", "format": "binary"},
 ERRORS = {status: {"model": Problem} for status in (400, 413, 422, 503)}
 
 
+UPLOAD_OPTIONS = [
+    {"name": "invert", "in": "query", "required": False, "schema": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+     "description": "Invert uploads; absent: when the background is light."},
+    {"name": "normalize", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+     "description": "MNIST-style: crop to the digit, fit 20x20, centre of mass at the centre of 28x28. For uploads "
+                    "drawn or photographed by hand."},
+]
+
+
 def images_request_body() -> dict[str, Any]:
-    """openapi_extra for routes that read images themselves: JSON arrays or multipart uploads."""
-    return {"requestBody": {"required": True, "content": {
+    """openapi_extra for routes that read images (and the upload options) themselves: JSON arrays or multipart
+    uploads."""
+    return {"parameters": UPLOAD_OPTIONS, "requestBody": {"required": True, "content": {
         "application/json": {"schema": ImagesBody.model_json_schema()},
         "multipart/form-data": MULTIPART_IMAGES,
     }}}

@@ -13,9 +13,6 @@ from service.responses import Format, Output, check_output, etag_matches, images
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
-InvertQuery = Annotated[bool | None, Query(description="Invert uploads; absent: when the background is light.")]
-NormalizeQuery = Annotated[bool, Query(description="MNIST-style: crop to the digit, fit 20x20, centre of mass at the "
-                                                   "centre of 28x28. For uploads drawn or photographed by hand.")]
 OutputQuery = Annotated[Output, Query(description="'mode' (0/1 pixels) or 'probs' (pixel probabilities).")]
 FormatQuery = Annotated[Format | None, Query(description="'png' or 'json'; absent: PNG if Accept names image/png.")]
 IMAGE_RESPONSES = {200: {"content": schemas.PNG}, **schemas.ERRORS}
@@ -23,10 +20,10 @@ IMAGE_RESPONSES = {200: {"content": schemas.PNG}, **schemas.ERRORS}
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
              openapi_extra=schemas.images_request_body())
-async def encode(request: Request, invert: InvertQuery = None, normalize: NormalizeQuery = False) -> Response:
+async def encode(request: Request) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril."""
     serving = ready_serving(request)
-    images = await read_images(request, serving.settings, invert, normalize)
+    images = await read_images(request, serving.settings)
     out = await serving.batchers.encode.submit(images, len(images))
     return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
                           "scale_tril": out["scale_tril"]})
@@ -46,11 +43,10 @@ async def decode(request: Request, output: OutputQuery = "mode", format: FormatQ
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGE_RESPONSES,
              openapi_extra=schemas.images_request_body())
-async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None,
-                      invert: InvertQuery = None, normalize: NormalizeQuery = False) -> Response:
+async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means."""
     serving = ready_serving(request)
-    images = await read_images(request, serving.settings, invert, normalize)
+    images = await read_images(request, serving.settings)
     out = await serving.batchers.reconstruct.submit(images, len(images))
     fields = {**serving.model.identity, "output": output, "mean": out["mean"]}
     return images_response(request, format, out[output], fields)

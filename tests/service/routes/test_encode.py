@@ -56,6 +56,21 @@ def test_encode_light_background_inverted_automatically(client, digit_pngs, enco
     assert not np.allclose(kept["mean"], expected["mean"], atol=1e-5)
 
 
+@pytest.mark.parametrize("route", ["/v1/encode", "/v1/reconstruct"])
+def test_upload_options_bad_value_names_it(client, digit_pngs, as_files, route):
+    response = client.post(route, params={"invert": "maybe"}, files=as_files(digit_pngs[0]))
+    assert response.status_code == 422
+    assert response.json()["detail"] == "query.invert: must be true or false, got 'maybe'"
+    response = client.post(route, params={"normalize": "2"}, files=as_files(digit_pngs[0]))
+    assert response.json()["detail"] == "query.normalize: must be true or false, got '2'"
+
+
+def test_upload_options_accept_what_fastapi_accepts(client, digit_pngs, as_files):
+    means = [client.post("/v1/encode", params={"invert": value}, files=as_files(digit_pngs[0])).json()["mean"]
+             for value in ("false", "0", "no", "off", "TRUE", "yes")]
+    assert means[0] == means[1] == means[2] == means[3] != means[4] == means[5]
+
+
 def test_encode_large_rgba_photo_resized(client, encode_image, as_files):
     canvas = np.full((300, 200, 4), 255, np.uint8)
     canvas[100:200, 90:110, :3] = 0  # a dark "1" on white

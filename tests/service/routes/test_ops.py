@@ -92,6 +92,10 @@ def test_openapi_documents_endpoints_with_examples(client):
     assert {"application/json", "multipart/form-data"} <= set(encode_body)
     assert "examples" in encode_body["application/json"]["schema"]["properties"]["images"]
     assert paths["/v1/decode"]["post"]["summary"] and paths["/v1/decode"]["post"]["description"]
+    for path in ("/v1/encode", "/v1/reconstruct"):  # upload options, read by the route itself
+        names = [parameter["name"] for parameter in paths[path]["post"]["parameters"]]
+        assert {"invert", "normalize"} <= set(names), names
+    assert {"output", "format"} <= {p["name"] for p in paths["/v1/reconstruct"]["post"]["parameters"]}
 
 
 def test_docs_page_served(client):
