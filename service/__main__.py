@@ -2,6 +2,8 @@
 
 import argparse
 import logging
+import os
+import signal
 from collections.abc import Sequence
 
 import uvicorn
@@ -23,7 +25,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
 def main() -> None:
     settings = parse_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+    # A failed warm-up ends the process (uvicorn shuts down on SIGTERM and exits with it), so a restart policy
+    # (docker-compose's `restart: unless-stopped`) starts it again.
+    app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                 log_level=settings.log_level, access_log=settings.access_log)
 
 

@@ -14,7 +14,7 @@ from service.settings import Settings
 
 @dataclass(frozen=True)
 class Serving:
-    """What the model routes use, put on app.state by the lifespan handler once the model is loaded."""
+    """What the model routes use, put on app.state by the lifespan handler once the model is warmed up."""
 
     model: VaeModel
     batchers: Batchers
@@ -22,9 +22,11 @@ class Serving:
 
 
 def not_ready(app) -> HTTPException:
-    """The 503 that /readyz and the model routes answer until the model is loaded and warmed up."""
+    """The 503 that /readyz and the model routes answer until the model is loaded and warmed up (or after its
+    warm-up failed, naming the error)."""
     retry_after = str(app.state.settings.retry_after_s)
-    return HTTPException(503, "the model is not loaded yet", headers={"Retry-After": retry_after})
+    detail = app.state.failure or "the model is not loaded yet"
+    return HTTPException(503, detail, headers={"Retry-After": retry_after})
 
 
 def ready_serving(request: Request) -> Serving:

@@ -4,7 +4,7 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,15 +20,18 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def _become_ready(app: FastAPI, serving: Serving) -> None:
+async def _become_ready(app: FastAPI, serving: Serving, on_failure: Callable[[], None] | None) -> None:
     """Call every signature at every batch size the batchers pad to, then start serving."""
     settings = serving.settings
     try:
         await asyncio.to_thread(serving.model.warm_up, bucket_sizes(settings.batch_max_size))
     except Exception as err:
-        # /healthz answers 503 from now on, so Docker or Kubernetes restarts the container.
+        # /healthz answers 503 from now on (a liveness probe restarts the container), and on_failure may end the
+        # process (`python -m service` does, so a restart policy restarts it).
         app.state.failure = f"warm-up failed: {type(err).__name__}: {err}"
-        log.exception("warm-up failed: the service stays unready and /healthz answers 503")
+        log.exception("warm-up failed: /healthz answers 503")
+        if on_failure is not None:
+            on_failure()
         raise
     # TensorFlow leaves ~350k long-lived Python objects: a full collection walks them all in 0.2-0.5 s, stalling
     # every request in flight. Freezing them takes them out of the collector's sight. Requests make almost no
@@ -44,7 +47,8 @@ async def _become_ready(app: FastAPI, serving: Serving) -> None:
              settings.batch_max_delay_ms, settings.queue_max)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_failure: Callable[[], None] | None = None) -> FastAPI:
+    """on_failure: called if the warm-up fails, after /healthz starts answering 503."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -61,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       max_delay_s=settings.batch_max_delay_ms / 1000, queue_max=settings.queue_max,
                                       metrics=metrics)
         # The warm-up (seconds) runs with the port open: /healthz answers, /readyz and the model routes say 503.
-        warm_up = asyncio.create_task(_become_ready(app, Serving(model, batchers, settings)))
+        warm_up = asyncio.create_task(_become_ready(app, Serving(model, batchers, settings), on_failure))
         yield
         app.state.ready = False
         warm_up.cancel()

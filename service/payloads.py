@@ -80,7 +80,8 @@ def query_flag(request: Request, name: str) -> bool | None:
     try:
         return _FLAG.validate_python(value)
     except ValidationError:
-        raise HTTPException(422, f"query.{name}: must be true or false, got {value!r}") from None
+        detail = f"query.{name}: must be a boolean (true/false, 1/0, yes/no, on/off), got {value!r}"
+        raise HTTPException(422, detail) from None
 
 
 async def read_images(request: Request, settings: Settings) -> np.ndarray:

@@ -35,7 +35,7 @@ def make(fn, **overrides) -> Batcher:
 
 
 async def busy(**overrides) -> tuple[Batcher, Recorder, asyncio.Task]:
-    """A started batcher whose worker is held inside a model call for request 0, so that later requests queue up."""
+    """A started batcher whose model thread is held in a model call for request 0, so that later requests queue up."""
     recorder = Recorder(hold=True)
     batcher = make(recorder, **overrides)
     batcher.start()
@@ -45,7 +45,7 @@ async def busy(**overrides) -> tuple[Batcher, Recorder, asyncio.Task]:
 
 
 def run_held(requests: list[tuple[int, int]], **overrides) -> tuple[list[list], list]:
-    """Submit (payload, size) `requests` while the worker is held on request 0, then release it.
+    """Submit (payload, size) `requests` while the model thread is held on request 0, then release it.
     Returns the batch function's calls and every caller's result, request 0 first."""
 
     async def scenario():
@@ -158,7 +158,7 @@ def test_submit_error_reaches_every_caller():
         batcher = make(broken)
         batcher.start()
         outcomes = await asyncio.gather(*(batcher.submit(i, 1) for i in range(3)), return_exceptions=True)
-        after = await asyncio.gather(batcher.submit(9, 1), return_exceptions=True)  # the worker survives
+        after = await asyncio.gather(batcher.submit(9, 1), return_exceptions=True)  # the model thread survives
         await batcher.stop()
         return outcomes + after
 

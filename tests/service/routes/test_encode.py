@@ -60,9 +60,9 @@ def test_encode_light_background_inverted_automatically(client, digit_pngs, enco
 def test_upload_options_bad_value_names_it(client, digit_pngs, as_files, route):
     response = client.post(route, params={"invert": "maybe"}, files=as_files(digit_pngs[0]))
     assert response.status_code == 422
-    assert response.json()["detail"] == "query.invert: must be true or false, got 'maybe'"
+    assert response.json()["detail"] == "query.invert: must be a boolean (true/false, 1/0, yes/no, on/off), got 'maybe'"
     response = client.post(route, params={"normalize": "2"}, files=as_files(digit_pngs[0]))
-    assert response.json()["detail"] == "query.normalize: must be true or false, got '2'"
+    assert response.json()["detail"] == "query.normalize: must be a boolean (true/false, 1/0, yes/no, on/off), got '2'"
 
 
 def test_upload_options_accept_what_fastapi_accepts(client, digit_pngs, as_files):

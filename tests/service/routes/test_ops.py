@@ -37,14 +37,17 @@ def test_failed_warm_up_makes_healthz_503(model_dir, monkeypatch):
         raise RuntimeError("out of GPU memory")  # as a real warm-up can fail, after a successful load
 
     monkeypatch.setattr("service.model.VaeModel.warm_up", failing_warm_up)
-    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+    failures = []
+    with TestClient(create_app(Settings(model_dir=model_dir), on_failure=lambda: failures.append(1))) as client:
         deadline = time.monotonic() + 30
         while (health := client.get("/healthz")).status_code == 200:
             assert time.monotonic() < deadline, "/healthz still 200 after the warm-up failed"
             time.sleep(0.02)
         assert health.status_code == 503
         assert health.json()["detail"] == "warm-up failed: RuntimeError: out of GPU memory"
-        assert client.get("/readyz").status_code == 503
+        ready = client.get("/readyz")
+        assert (ready.status_code, ready.json()["detail"]) == (503, "warm-up failed: RuntimeError: out of GPU memory")
+        assert failures == [1]  # python -m service ends the process here
 
 
 def test_model_shows_metadata_and_device(client, model_dir):
