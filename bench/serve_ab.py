@@ -12,47 +12,39 @@ call time per batch.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-RUN_CODE = """
-import json, os, re, sys
-from pathlib import Path
-checkout, concurrency, warmup, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-sys.path.insert(0, str(Path(checkout) / "bench"))
-import serve_bench as sb
+from serve_bench import cpu_seconds, drive, encode_requests, histogram_totals, run_async, serving
 
-def main_thread_cpu(pid):
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+MODEL_CALL = "vae_model_inference_seconds"  # the service's model-call-time histogram
 
-def inference(port):
-    text = sb.http_get(port, "/metrics")[1].decode()
-    return [float(re.search(rf'vae_model_inference_seconds_{kind}{{signature="encode"}} (\\S+)', text).group(1))
-            for kind in ("sum", "count")]
 
-requests = sb.encode_requests()
-make = lambda client, count: requests[(client + count) % len(requests)]
-with sb.serving(str(Path(checkout) / "models/mnist_vae/1")) as server:
-    sb.run_async(sb.drive("127.0.0.1", server.port, make, concurrency, 0, warmup))
-    before, cpu_before = inference(server.port), main_thread_cpu(server.pid)
-    result = sb.run_async(sb.drive("127.0.0.1", server.port, make, concurrency, 0, duration))
-    after, cpu_after = inference(server.port), main_thread_cpu(server.pid)
-print(json.dumps({"rps": result["throughput_rps"], "p50_ms": result["p50_ms"], "errors": result["errors"],
-                  "event_loop_us_per_request": round((cpu_after - cpu_before) / max(result["answered"], 1) * 1e6),
-                  "model_call_ms": round((after[0] - before[0]) / max(after[1] - before[1], 1) * 1000, 2)}))
-"""
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of the service's main thread, the one running the event loop."""
+    return cpu_seconds(pid, thread=pid)
 
 
 def run(variant: str, args) -> dict:
+    """One run of one variant: its checkout's service, its environment, --warmup then --duration seconds."""
     checkout, _, settings = variant.partition(":")
-    env = {**os.environ, **dict(item.split("=", 1) for item in settings.split(";") if item)}
-    out = subprocess.run([sys.executable, "-c", RUN_CODE, str(Path(checkout).resolve()), str(args.concurrency),
-                          str(args.warmup), str(args.duration)], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    repo = Path(checkout).resolve()
+    env = dict(item.split("=", 1) for item in settings.split(";") if item)
+    requests = encode_requests()
+
+    def request(client: int, count: int) -> bytes:
+        return requests[(client + count) % len(requests)]
+
+    with serving(str(repo / "models/mnist_vae/1"), repo=repo, extra_env=env) as server:
+        run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, args.warmup))
+        calls_before, cpu_before = histogram_totals(server.port, MODEL_CALL, "encode"), main_thread_cpu(server.pid)
+        result = run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, args.duration))
+        calls_after, cpu_after = histogram_totals(server.port, MODEL_CALL, "encode"), main_thread_cpu(server.pid)
+    model_seconds, model_calls = calls_after[0] - calls_before[0], calls_after[1] - calls_before[1]
+    return {"rps": result["throughput_rps"], "p50_ms": result["p50_ms"], "errors": result["errors"],
+            "event_loop_us_per_request": round((cpu_after - cpu_before) / max(result["answered"], 1) * 1e6),
+            "model_call_ms": round(model_seconds / max(model_calls, 1) * 1000, 2)}
 
 
 def main() -> None:

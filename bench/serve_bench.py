@@ -36,6 +36,7 @@ except ImportError:
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "service" / "fixtures"
+BATCH_SIZE = "vae_batch_size_images"  # the service's images-per-model-call histogram
 
 
 # --- the client ---------------------------------------------------------------------------------------------------
@@ -135,9 +136,10 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
     return run_async(once())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time a process (or one of its threads) has used so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -148,12 +150,14 @@ class Server:
 
 
 @contextmanager
-def serving(model_dir: str, **env: str):
-    """`python -m service` in a subprocess with VAE_* overrides; yields it once /readyz answers 200."""
+def serving(model_dir: str, repo: Path = REPO, extra_env: dict[str, str] | None = None, **env: str):
+    """`python -m service` of the checkout `repo` in a subprocess with VAE_* overrides (and any extra_env); yields it
+    once /readyz answers 200."""
     port = free_port()
-    environ = {**os.environ, "VAE_MODEL_DIR": model_dir, "VAE_PORT": str(port), "VAE_LOG_LEVEL": "warning",
+    environ = {**os.environ, **(extra_env or {}), "VAE_MODEL_DIR": model_dir, "VAE_PORT": str(port),
+               "VAE_LOG_LEVEL": "warning",
                **{f"VAE_{k.upper()}": str(v) for k, v in env.items()}}
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=environ,
+    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=environ,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -174,18 +178,17 @@ def serving(model_dir: str, **env: str):
         process.wait(timeout=30)
 
 
-def batch_stats(port: int, signature: str) -> tuple[float, float]:
-    """(sum, count) of the service's images-per-model-call histogram for one signature."""
+def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float]:
+    """(sum, count) of one of the service's per-signature histograms, e.g. vae_batch_size_images."""
     text = http_get(port, "/metrics")[1].decode()
-    total = re.search(rf'vae_batch_size_images_sum{{signature="{signature}"}} (\S+)', text)
-    count = re.search(rf'vae_batch_size_images_count{{signature="{signature}"}} (\S+)', text)
-    return float(total.group(1)), float(count.group(1))
+    return tuple(float(re.search(rf'{name}_{kind}{{signature="{signature}"}} (\S+)', text).group(1))
+                 for kind in ("sum", "count"))
 
 
 def run_scenario(server: Server, make_request, concurrency: int, args, signature: str) -> dict:
-    before, cpu_before = batch_stats(server.port, signature), cpu_seconds(server.pid)
+    before, cpu_before = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
     result = run_async(drive("127.0.0.1", server.port, make_request, concurrency, args.warmup, args.duration))
-    after, cpu_after = batch_stats(server.port, signature), cpu_seconds(server.pid)
+    after, cpu_after = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
     calls = after[1] - before[1]
     result["mean_batch_images"] = round((after[0] - before[0]) / calls, 1) if calls else None
     # over the warm-up too, so per answered request
