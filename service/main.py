@@ -56,8 +56,9 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = configure_device(settings.gpu_memory_growth, settings.tf_intra_op_threads)
         # The model thread needs the GIL a few times per call, and a busy event loop keeps it for up to the switch
-        # interval each time. With Python's 5 ms default, a batch of 32 took about 10 ms under load instead of 8.5,
-        # and throughput at concurrency 64 was about 20% lower (bench/serve_bench.py).
+        # interval each time. With Python's 5 ms default, concurrency 64 gave 4,606 req/s against 4,758 (model calls
+        # 6.1 ms against 5.9; `python bench/serve_ab.py --rounds 3 . '.:VAE_GIL_SWITCH_INTERVAL_MS=5'`). It mattered
+        # far more (about 20%) while batches were handed to the model thread by the event loop.
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         # Loading (and the metadata check) happens before the port opens, so a bad model fails the start at once.
         model = await asyncio.to_thread(load_model, settings.model_dir, device)
