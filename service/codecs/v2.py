@@ -18,14 +18,15 @@ from service.codecs.signatures import ProtocolError, SignatureSpec, TensorSpec
 # KServe v2 datatype <-> numpy dtype (little-endian on the wire)
 DATATYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
              "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
-_DATATYPE_OF = {np.dtype(code).newbyteorder("=").str: name for name, code in DATATYPES.items()}
+_DATATYPE_OF = {np.dtype(code).newbyteorder("="): name for name, code in DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 
 
 def datatype(dtype: np.dtype) -> str:
-    return _DATATYPE_OF[np.dtype(dtype).newbyteorder("=").str]
+    name = _DATATYPE_OF.get(dtype)  # native-order dtypes, the common case, without building a new dtype
+    return name if name is not None else _DATATYPE_OF[np.dtype(dtype).newbyteorder("=")]
 
 
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
