@@ -3,12 +3,15 @@
 Every signature is a v2 model (contract.v2_model_names): `mnist_vae` is the default (encode), `mnist_vae-decode`,
 `mnist_vae-sample`, ... the others. Errors are {"error": ...} (service/routes/protocol_errors.py)."""
 
+import weakref
+
 from fastapi import APIRouter, Request, Response
 
 import contract
 from service.codecs import v2
 from service.codecs.signatures import ProtocolError, SignatureSpec, run_signature, serving_for, signature_specs
 from service.deps import Serving
+from service.model import VaeModel
 from service.payloads import read_body
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"])
@@ -16,11 +19,17 @@ SERVER_NAME = "mnist-vae"
 EXTENSIONS = ["binary_tensor_data"]
 
 
+_MODELS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
+
+
 def v2_models(serving: Serving) -> dict[str, SignatureSpec]:
-    """v2 model name -> signature, for the signatures the loaded model has."""
-    specs = signature_specs(serving.model)
-    return {name: specs[signature] for name, signature in contract.v2_model_names(serving.model.name).items()
-            if signature in specs}
+    """v2 model name -> signature, for the signatures the loaded model has (once per loaded model)."""
+    models = _MODELS.get(serving.model)
+    if models is None:
+        specs = signature_specs(serving.model)
+        models = _MODELS[serving.model] = {name: specs[signature] for name, signature
+                                           in contract.v2_model_names(serving.model.name).items() if signature in specs}
+    return models
 
 
 def _model(request: Request) -> tuple[Serving, str, SignatureSpec]:
