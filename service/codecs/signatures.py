@@ -46,8 +46,7 @@ _SPECS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakre
 
 
 def signature_specs(model: VaeModel) -> dict[str, SignatureSpec]:
-    """Every signature of the loaded model (serving_default included), computed once per model. Outputs are in the
-    order metadata.json lists them (the loaded signature orders them by name)."""
+    """Every signature of the loaded model (serving_default included), computed once per model."""
     specs = _SPECS.get(model)
     if specs is None:
         specs = _SPECS[model] = {name: _signature_spec(model, name, fn) for name, fn in model._signatures.items()}
@@ -56,18 +55,24 @@ def signature_specs(model: VaeModel) -> dict[str, SignatureSpec]:
 
 def _signature_spec(model: VaeModel, name: str, fn) -> SignatureSpec:
     default = model.metadata.get("default_signature", contract.DEFAULT_SIGNATURE)
-    declared_as = default if name == contract.SERVING_DEFAULT else name
-    declared = model.metadata.get("signatures", {}).get(declared_as, {}).get("outputs", {})
-    structured = fn.structured_outputs
-    ordered = [key for key in declared if key in structured] + sorted(key for key in structured if key not in declared)
+    declared = model.metadata.get("signatures", {}).get(default if name == contract.SERVING_DEFAULT else name, {})
+    input_specs, output_specs = fn.structured_input_signature[1], fn.structured_outputs
     # The flat outputs of a concrete function follow the sorted keys of its structured outputs.
-    graph_names = dict(zip(sorted(structured), (tensor.name for tensor in fn.outputs), strict=False))
-    inputs = tuple(TensorSpec(key, np.dtype(spec.dtype.as_numpy_dtype), tuple(spec.shape.as_list()), f"{key}:0")
-                   for key, spec in fn.structured_input_signature[1].items())
-    outputs = tuple(TensorSpec(key, np.dtype(structured[key].dtype.as_numpy_dtype),
-                               tuple(structured[key].shape.as_list()), graph_names.get(key, f"{key}:0"))
-                    for key in ordered)
+    graph_names = dict(zip(sorted(output_specs), (tensor.name for tensor in fn.outputs), strict=False))
+    inputs = tuple(_tensor_spec(key, input_specs[key], f"{key}:0")
+                   for key in _ordered(input_specs, declared.get("inputs", {})))
+    outputs = tuple(_tensor_spec(key, output_specs[key], graph_names.get(key, f"{key}:0"))
+                    for key in _ordered(output_specs, declared.get("outputs", {})))
     return SignatureSpec(name, inputs, outputs)
+
+
+def _ordered(specs: dict, declared: dict) -> list[str]:
+    """The order metadata.json lists the tensors in (a loaded signature's own order varies), then by name."""
+    return [key for key in declared if key in specs] + sorted(key for key in specs if key not in declared)
+
+
+def _tensor_spec(name: str, spec, graph_name: str) -> TensorSpec:
+    return TensorSpec(name, np.dtype(spec.dtype.as_numpy_dtype), tuple(spec.shape.as_list()), graph_name)
 
 
 def served_signature(model: VaeModel, signature: str) -> SignatureSpec | None:
