@@ -1,0 +1,72 @@
+"""Browser test fixtures: the real service (`python -m service`, bundled model) and a headless Debian Chromium.
+
+Tests that need Chromium skip, naming the install command, when it or Selenium is missing."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.settings import BUNDLED_MODEL_DIR, REPO_ROOT
+
+MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", BUNDLED_MODEL_DIR))
+INSTALL = "apt-get install -y chromium chromium-driver (and pip install -e '.[dev]' for Selenium)"
+# The machine's network is closed, and the tests must not depend on it: no Google services, no updates, no QUIC.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1280,1100"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    """`python -m service` on a free port, ready (model loaded and warmed up)."""
+    port = free_port()
+    env = {**os.environ, "VAE_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(MODEL_DIR)],
+                               cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "service not ready after 120 s"
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium driven by chromedriver, with the browser console recorded."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.skip(f"Chromium or chromedriver not found; to run the browser tests: {INSTALL}")
+    webdriver = pytest.importorskip("selenium.webdriver", reason=f"Selenium is not installed; {INSTALL}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: Selenium Manager would otherwise try to download one.
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()

@@ -1,0 +1,240 @@
+"""The playground in a real headless Chromium against the real service: draw, upload, sliders, samples.
+
+The tests run in file order on one page (a module-scoped browser); each waits for what the page shows."""
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.images import load_image
+
+FIXTURES = Path(__file__).parents[1] / "service" / "fixtures"
+SEVEN = FIXTURES / "mnist_test_0_label_7.png"
+# The reconstruction of a clearly drawn digit correlates with what the model saw well above this; a reconstruction
+# of another digit or a blob does not (measured: 7 drawn below 0.8-0.9, a 7 against a fixture 1 about 0.3).
+MIN_CORRELATION = 0.6
+
+
+def wait_for(driver, script: str, timeout: float = 30):
+    """Waits until the JavaScript expression `script` is truthy in the page, and returns its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: d.execute_script(f"return {script}"))
+
+
+def wait_for_analysis(driver, after_request: int) -> None:
+    """Waits until an analysis newer than `after_request` was sent and the page has shown its answer."""
+    wait_for(driver, f"window.playground.request > {after_request} && "
+                     "!document.getElementById('result-panel').hasAttribute('aria-busy')")
+
+
+def canvas_pixels(driver, element_id: str) -> np.ndarray:
+    """The grey values (red channel) of a canvas on the page, in [0, 1]."""
+    data = driver.execute_script(
+        "const c = document.getElementById(arguments[0]);"
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);", element_id)
+    width, height = driver.execute_script(
+        "const c = document.getElementById(arguments[0]); return [c.width, c.height];", element_id)
+    return np.asarray(data, np.float32).reshape(height, width, 4)[..., 0] / 255.0
+
+
+def canvas_png(driver, element_id: str) -> bytes:
+    url = driver.execute_script("return document.getElementById(arguments[0]).toDataURL('image/png');", element_id)
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def draw_seven(driver) -> None:
+    """One stroke, as people write a 7: across the top, then down to the lower left. Real pointer events (a pen)."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    pad = driver.find_element("id", "pad")
+    half = pad.size["width"] / 2
+    path = [(-0.55, -0.6), (-0.2, -0.6), (0.15, -0.6), (0.5, -0.6), (0.35, -0.25), (0.2, 0.1), (0.05, 0.45),
+            (-0.05, 0.7)]
+    points = [np.asarray(p) for p in path]
+    actions = ActionBuilder(driver, mouse=PointerInput(interaction.POINTER_PEN, "pen"), duration=10)
+    actions.pointer_action.move_to(pad, int(points[0][0] * half), int(points[0][1] * half)).pointer_down()
+    for start, end in zip(points, points[1:], strict=False):
+        for t in np.linspace(0, 1, 5)[1:]:  # intermediate points, so the page sees many pointermove events
+            x, y = (start + t * (end - start)) * half
+            actions.pointer_action.move_to(pad, int(x), int(y))
+    actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    browser.get(f"{server}/")
+    wait_for(browser, "window.playground && window.playground.loads.samples >= 1")
+    return browser
+
+
+def test_page_shows_the_model_that_answers(page, server):
+    model = httpx.get(f"{server}/v1/model").json()
+    wait_for(page, "document.getElementById('model-name').value !== '…'")
+    assert page.find_element("id", "model-name").text == model["name"]
+    assert page.find_element("id", "model-version").text == str(model["version"])
+
+
+def test_drawn_seven_is_reconstructed_as_drawn(page, server):
+    draw_seven(page)
+    wait_for(page, "window.playground.last !== null")
+    drawing = canvas_png(page, "pad")
+    reconstruction = canvas_pixels(page, "recon-probs")
+    if page.execute_script("return window.playground.last.inputs !== null"):
+        # The service reports the 28x28 input it used (include_input): compare with what the page shows of it.
+        seen = canvas_pixels(page, "input")
+    else:
+        # A service without include_input: the drawing preprocessed by the service's own code, as the page asks
+        # for it (normalize=true; the black pad needs no inversion).
+        seen = load_image(drawing, "drawing.png", max_pixels=10**6, invert=None, normalize=True)
+    assert seen.max() > 0.5, "the drawing did not reach the model"
+    assert correlation(reconstruction, seen) > MIN_CORRELATION
+    # The page shows the decoder's probabilities as they came (to 8 bits), and the mode as their threshold.
+    probs = np.asarray(page.execute_script("return window.playground.last.probs"), np.float32)
+    np.testing.assert_allclose(reconstruction, probs, atol=1 / 255 + 1e-6)
+    np.testing.assert_array_equal(canvas_pixels(page, "recon-mode"), (probs > 0.5).astype(np.float32))
+
+    # The same PNG sent by this test gives the numbers the page shows.
+    encoded = httpx.post(f"{server}/v1/encode", params={"normalize": "true"},
+                         files={"files": ("drawing.png", drawing, "image/png")}).json()
+    mean, covariance = np.asarray(encoded["mean"][0]), np.asarray(encoded["covariance"][0])
+    bars = page.find_elements("css selector", "#bars .latent-bar")
+    assert len(bars) == 16
+    shown_mean = [float(bar.get_attribute("data-mean")) for bar in bars]
+    shown_std = [float(bar.get_attribute("data-std")) for bar in bars]
+    np.testing.assert_allclose(shown_mean, mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(shown_std, np.sqrt(np.diag(covariance)), rtol=1e-4, atol=1e-5)
+    assert canvas_pixels(page, "covariance").shape == (16, 16)
+
+
+def test_an_other_digit_does_not_pass_the_resemblance_check():
+    """The correlation check can fail: a 7 against a 1 from MNIST stays well below the threshold."""
+    seven = load_image(SEVEN.read_bytes(), "7", max_pixels=10**6, invert=None, normalize=False)
+    one = load_image((FIXTURES / "mnist_test_2_label_1.png").read_bytes(), "1", max_pixels=10**6, invert=None,
+                     normalize=False)
+    assert correlation(seven, one) < MIN_CORRELATION
+
+
+def test_sliders_start_at_the_mean_and_decode_when_moved_with_the_keyboard(page, server):
+    from selenium.webdriver.common.keys import Keys
+
+    sliders = page.find_elements("css selector", "#sliders input[type=range]")
+    assert len(sliders) == 16
+    mean = page.execute_script("return window.playground.last.mean")
+    np.testing.assert_allclose([float(s.get_attribute("value")) for s in sliders], mean, atol=0.005 + 1e-6)
+    wait_for(page, "!window.playground.decode.busy")
+    before, loads = canvas_pixels(page, "decoded"), page.execute_script("return window.playground.loads.decoded")
+    sliders[0].send_keys(*[Keys.ARROW_RIGHT] * 150)  # +1.5 in steps of 0.01
+    wait_for(page, f"window.playground.loads.decoded > {loads} && !window.playground.decode.busy")
+    values = [float(s.get_attribute("value")) for s in sliders]
+    assert values[0] == pytest.approx(min(4, mean[0] + 1.5), abs=0.011)
+    after = canvas_pixels(page, "decoded")
+    assert np.abs(after - before).max() > 0.1, "moving z1 by 1.5 did not change the decoded digit"
+    expected = httpx.post(f"{server}/v1/decode", params={"format": "json"},
+                          json={"latents": [values], "output": "probs"}).json()["images"][0]
+    np.testing.assert_allclose(after, expected, atol=1 / 255 + 1e-6)
+
+
+def show_seed(page, seed: int | None) -> np.ndarray:
+    """Types a seed (or clicks "New seed" for None) and returns the grid drawn for it."""
+    loads = page.execute_script("return window.playground.loads.samples")
+    if seed is None:
+        page.find_element("id", "new-seed").click()
+    else:
+        field = page.find_element("id", "seed")
+        field.clear()
+        field.send_keys(str(seed))
+        page.find_element("css selector", "#seed-form button[type=submit]").click()
+    wait_for(page, f"window.playground.loads.samples > {loads}")
+    return canvas_pixels(page, "samples")
+
+
+def test_samples_change_with_the_seed_and_not_without(page, server):
+    three = show_seed(page, 3)
+    assert three.shape == (112, 112) and three.std() > 0.1
+    np.testing.assert_array_equal(show_seed(page, 3), three)
+    assert np.abs(show_seed(page, 4) - three).mean() > 0.05
+    # The grid is the service's PNG, pixel for pixel.
+    png = httpx.get(f"{server}/v1/samples", params={"n": 16, "seed": 3, "format": "png"}).content
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255.0, three)
+    fresh = show_seed(page, None)
+    new_seed = int(page.find_element("id", "seed").get_attribute("value"))
+    assert new_seed not in (3, 4)
+    assert np.abs(fresh - three).mean() > 0.05
+
+
+def test_uploaded_image_is_analysed(page, server):
+    request = page.execute_script("return window.playground.request")
+    page.find_element("id", "upload").send_keys(str(SEVEN))
+    wait_for_analysis(page, request)
+    expected = httpx.post(f"{server}/v1/encode", files={"files": (SEVEN.name, SEVEN.read_bytes(), "image/png")})
+    np.testing.assert_allclose(page.execute_script("return window.playground.last.mean"),
+                               expected.json()["mean"][0], rtol=1e-4, atol=1e-5)
+    digit = np.asarray(Image.open(SEVEN), np.float32) / 255.0
+    assert correlation(canvas_pixels(page, "recon-probs"), digit) > MIN_CORRELATION
+
+
+def test_undo_removes_the_last_stroke(page):
+    before = canvas_pixels(page, "pad")
+    draw_seven(page)
+    wait_for(page, "window.playground.strokes.length === 2")
+    assert not np.array_equal(canvas_pixels(page, "pad"), before)
+    page.find_element("id", "undo").click()
+    np.testing.assert_array_equal(canvas_pixels(page, "pad"), before)
+    wait_for(page, "!document.getElementById('result-panel').hasAttribute('aria-busy')")
+
+
+def test_browser_console_has_no_errors(page):
+    errors = [entry for entry in page.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+
+
+def test_rejected_upload_is_explained(page, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image at all")
+    page.find_element("id", "upload").send_keys(str(bad))
+    message = wait_for(page, "document.getElementById('status').textContent.includes('rejected') && "
+                             "document.getElementById('status').textContent")
+    assert "400" in message and "notes.png" in message and "not an image" in message
+    # The only console errors are the browser's own lines about the two 400 answers.
+    errors = [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors and all("400" in error for error in errors), errors
+
+
+def test_page_fits_a_phone_screen(page):
+    page.set_window_size(390, 844)
+    try:
+        wait_for(page, "window.innerWidth <= 400")
+        overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+        pad = page.find_element("id", "pad")
+        assert pad.rect["x"] >= 0 and pad.rect["x"] + pad.rect["width"] <= 390
+    finally:
+        page.set_window_size(1280, 1100)
+
+
+def test_screenshot(page, tmp_path):
+    """Saves the page after drawing; VAE_PLAYGROUND_SCREENSHOT=docs/figures/playground.png writes the README's."""
+    page.find_element("id", "clear").click()
+    request = page.execute_script("return window.playground.request")
+    draw_seven(page)
+    wait_for_analysis(page, request)
+    target = Path(os.environ.get("VAE_PLAYGROUND_SCREENSHOT", tmp_path / "playground.png"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    height = page.execute_script("return document.documentElement.scrollHeight")
+    page.set_window_size(1280, height + 100)
+    assert page.save_screenshot(str(target))
+    assert Image.open(target).size[0] >= 1000
