@@ -32,25 +32,38 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
-    """`python -m service` on a free port, ready (model loaded and warmed up)."""
+    """`python -m service` on a free port, as soon as its port answers: the model's warm-up (seconds) may still run,
+    so the first test can watch the page while the service is not ready."""
     port = free_port()
     env = {**os.environ, "VAE_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(MODEL_DIR)],
                                cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "service not ready after 120 s"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    wait_until(process, lambda: httpx.get(f"{url}/healthz").status_code == 200)
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def ready_server(server) -> str:
+    """The same service once /readyz answers 200 (model loaded and warmed up)."""
+    wait_until(None, lambda: httpx.get(f"{server}/readyz").status_code == 200)
+    return server
+
+
+def wait_until(process: subprocess.Popen | None, check, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process is not None:
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, f"the service did not get there in {timeout_s} s"
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -74,21 +74,36 @@ def draw_seven(driver) -> None:
     actions.perform()
 
 
-@pytest.fixture(scope="module")
-def page(browser, server):
+def test_page_says_the_service_is_not_ready_until_it_is(browser, server):
+    """Runs first, while the service warms up its model (seconds; 30 s on this shared machine)."""
+    assert httpx.get(f"{server}/readyz").status_code == 503, "the service was ready before the test could look"
     browser.get(f"{server}/")
+    message = wait_for(browser, "document.getElementById('status').textContent")
+    assert message.startswith("The service is not ready yet: the model is not loaded yet")
+    assert httpx.get(f"{server}/readyz").status_code == 503  # (the page said so while it was true)
+    # The page waits, and starts by itself once the service is ready.
+    wait_for(browser, "window.playground.loads.samples >= 1", timeout=180)
+    assert browser.find_element("id", "status").text == ""
+    # The browser logs each 503 it was answered; nothing else went wrong.
+    errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert all("/readyz" in error and "503" in error for error in errors), errors
+
+
+@pytest.fixture(scope="module")
+def page(browser, ready_server):
+    browser.get(f"{ready_server}/")
     wait_for(browser, "window.playground && window.playground.loads.samples >= 1")
     return browser
 
 
-def test_page_shows_the_model_that_answers(page, server):
-    model = httpx.get(f"{server}/v1/model").json()
+def test_page_shows_the_model_that_answers(page, ready_server):
+    model = httpx.get(f"{ready_server}/v1/model").json()
     wait_for(page, "document.getElementById('model-name').value !== '…'")
     assert page.find_element("id", "model-name").text == model["name"]
     assert page.find_element("id", "model-version").text == str(model["version"])
 
 
-def test_drawn_seven_is_reconstructed_as_drawn(page, server):
+def test_drawn_seven_is_reconstructed_as_drawn(page, ready_server):
     draw_seven(page)
     wait_for(page, "window.playground.last !== null")
     drawing = canvas_png(page, "pad")
@@ -108,7 +123,7 @@ def test_drawn_seven_is_reconstructed_as_drawn(page, server):
     np.testing.assert_array_equal(canvas_pixels(page, "recon-mode"), (probs > 0.5).astype(np.float32))
 
     # The same PNG sent by this test gives the numbers the page shows.
-    encoded = httpx.post(f"{server}/v1/encode", params={"normalize": "true"},
+    encoded = httpx.post(f"{ready_server}/v1/encode", params={"normalize": "true"},
                          files={"files": ("drawing.png", drawing, "image/png")}).json()
     mean, covariance = np.asarray(encoded["mean"][0]), np.asarray(encoded["covariance"][0])
     bars = page.find_elements("css selector", "#bars .latent-bar")
@@ -128,7 +143,7 @@ def test_an_other_digit_does_not_pass_the_resemblance_check():
     assert correlation(seven, one) < MIN_CORRELATION
 
 
-def test_sliders_start_at_the_mean_and_decode_when_moved_with_the_keyboard(page, server):
+def test_sliders_start_at_the_mean_and_decode_when_moved_with_the_keyboard(page, ready_server):
     from selenium.webdriver.common.keys import Keys
 
     sliders = page.find_elements("css selector", "#sliders input[type=range]")
@@ -143,7 +158,7 @@ def test_sliders_start_at_the_mean_and_decode_when_moved_with_the_keyboard(page,
     assert values[0] == pytest.approx(min(4, mean[0] + 1.5), abs=0.011)
     after = canvas_pixels(page, "decoded")
     assert np.abs(after - before).max() > 0.1, "moving z1 by 1.5 did not change the decoded digit"
-    expected = httpx.post(f"{server}/v1/decode", params={"format": "json"},
+    expected = httpx.post(f"{ready_server}/v1/decode", params={"format": "json"},
                           json={"latents": [values], "output": "probs"}).json()["images"][0]
     np.testing.assert_allclose(after, expected, atol=1 / 255 + 1e-6)
 
@@ -162,13 +177,13 @@ def show_seed(page, seed: int | None) -> np.ndarray:
     return canvas_pixels(page, "samples")
 
 
-def test_samples_change_with_the_seed_and_not_without(page, server):
+def test_samples_change_with_the_seed_and_not_without(page, ready_server):
     three = show_seed(page, 3)
     assert three.shape == (112, 112) and three.std() > 0.1
     np.testing.assert_array_equal(show_seed(page, 3), three)
     assert np.abs(show_seed(page, 4) - three).mean() > 0.05
     # The grid is the service's PNG, pixel for pixel.
-    png = httpx.get(f"{server}/v1/samples", params={"n": 16, "seed": 3, "format": "png"}).content
+    png = httpx.get(f"{ready_server}/v1/samples", params={"n": 16, "seed": 3, "format": "png"}).content
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255.0, three)
     fresh = show_seed(page, None)
     new_seed = int(page.find_element("id", "seed").get_attribute("value"))
@@ -176,11 +191,11 @@ def test_samples_change_with_the_seed_and_not_without(page, server):
     assert np.abs(fresh - three).mean() > 0.05
 
 
-def test_uploaded_image_is_analysed(page, server):
+def test_uploaded_image_is_analysed(page, ready_server):
     request = page.execute_script("return window.playground.request")
     page.find_element("id", "upload").send_keys(str(SEVEN))
     wait_for_analysis(page, request)
-    expected = httpx.post(f"{server}/v1/encode", files={"files": (SEVEN.name, SEVEN.read_bytes(), "image/png")})
+    expected = httpx.post(f"{ready_server}/v1/encode", files={"files": (SEVEN.name, SEVEN.read_bytes(), "image/png")})
     np.testing.assert_allclose(page.execute_script("return window.playground.last.mean"),
                                expected.json()["mean"][0], rtol=1e-4, atol=1e-5)
     digit = np.asarray(Image.open(SEVEN), np.float32) / 255.0
