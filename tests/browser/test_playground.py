@@ -229,10 +229,28 @@ def test_rejected_upload_is_explained(page, tmp_path):
     assert errors and all("400" in error for error in errors), errors
 
 
-def test_page_fits_a_phone_screen(page):
+def test_every_control_is_labelled_and_reachable_with_tab(page):
+    unnamed = page.execute_script("""
+        return [...document.querySelectorAll('input, button, canvas[tabindex]')].filter((element) =>
+            !(element.labels && element.labels.length) && !element.getAttribute('aria-label') &&
+            !element.textContent.trim()).map((element) => element.outerHTML);""")
+    assert unnamed == []
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    page.find_element("tag name", "h1").click()
+    reached = set()
+    for _ in range(60):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        reached.add(page.switch_to.active_element.get_attribute("id"))
+    assert {"pad", "undo", "clear", "upload", "seed", "new-seed", "z0", "z15", "reset-sliders"} <= reached
+
+
+def test_page_fits_a_phone_screen(page, tmp_path):
     page.set_window_size(390, 844)
     try:
         wait_for(page, "window.innerWidth <= 400")
+        page.save_screenshot(str(tmp_path / "phone.png"))  # for a person looking into a failure
         overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
         pad = page.find_element("id", "pad")
@@ -251,5 +269,42 @@ def test_screenshot(page, tmp_path):
     target.parent.mkdir(parents=True, exist_ok=True)
     height = page.execute_script("return document.documentElement.scrollHeight")
     page.set_window_size(1280, height + 100)
+    page.execute_script("window.scrollTo(0, 0)")
     assert page.save_screenshot(str(target))
     assert Image.open(target).size[0] >= 1000
+
+
+def openapi_paths(url: str) -> set[str]:
+    return set(httpx.get(f"{url}/openapi.json").json()["paths"])
+
+
+def test_score_is_shown_when_the_service_scores(page, ready_server):
+    """The likelihood panel shows the score route's answer for the drawing; without the route it stays hidden."""
+    shown = page.find_element("id", "score").is_displayed()
+    if "/v1/score" not in openapi_paths(ready_server):
+        assert not shown
+        assert page.execute_script("return window.playground.features.score") is False
+        return
+    assert shown
+    shown_score = page.execute_script("return window.playground.last.score")
+    params = {"normalize": "true", **({"seed": shown_score["seed"]} if "seed" in shown_score else {})}
+    scored = httpx.post(f"{ready_server}/v1/score", params=params,
+                        files={"files": ("drawing.png", canvas_png(page, "pad"), "image/png")}).json()
+    assert shown_score == scored
+    assert "NLL" in page.find_element("id", "score-text").text
+
+
+def test_interpolation_strip_when_the_service_interpolates(page, ready_server):
+    """Two prior samples as end points: the strip starts and ends at their decoded digits."""
+    panel = page.find_element("id", "interp-panel")
+    if "/v1/interpolate" not in openapi_paths(ready_server):
+        assert not panel.is_displayed()
+        return
+    page.find_element("id", "sample-ab").click()
+    wait_for(page, "document.getElementById('interp-strip').width === 280")
+    strip = canvas_pixels(page, "interp-strip")
+    ends = page.execute_script("return [window.playground.ends.a.latent, window.playground.ends.b.latent]")
+    decoded = httpx.post(f"{ready_server}/v1/decode", params={"format": "json"},
+                         json={"latents": ends, "output": "probs"}).json()["images"]
+    np.testing.assert_allclose(strip[:, :28], decoded[0], atol=2 / 255)
+    np.testing.assert_allclose(strip[:, -28:], decoded[1], atol=2 / 255)

@@ -319,10 +319,10 @@ function showScore(doc) {
   const nll = perImage(doc, "nll"), elbo = perImage(doc, "elbo");
   const percentile = perImage(doc, "percentile"), outlier = perImage(doc, "outlier");
   const number = (value, digits = 1) => (typeof value === "number" ? value.toFixed(digits) : "?");
-  const verdict = outlier ? "Outlier: this does not look like an MNIST digit to the model."
-                          : "Not an outlier: as likely as the model's test digits.";
-  $("score-text").textContent = `ELBO ${number(elbo)} nats, NLL ${number(nll)} nats, ` +
-    `percentile ${number(percentile)} of MNIST test digits. ${verdict}`;
+  const verdict = outlier ? "Outlier: the model finds this unlike the digits it was trained on."
+                          : "Not an outlier.";
+  $("score-text").textContent = `ELBO ${number(elbo)} nats, NLL ${number(nll)} nats: a higher NLL than ` +
+    `${number(percentile)}% of MNIST test digits. ${verdict}`;
   $("score-text").className = outlier ? "outlier" : "inlier";
 }
 
