@@ -14,6 +14,8 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 HEADERS = {"Cache-Control": "no-cache", "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
 ASSETS = {"playground.css": "text/css; charset=utf-8", "playground.js": "text/javascript; charset=utf-8"}
+# Paths that access control must leave open: the page asks for the API key itself, and holds no model data.
+PAGE_PATHS = frozenset({"/", "/playground", *(f"/playground/{name}" for name in ASSETS)})
 
 router = APIRouter(tags=["playground"], include_in_schema=False)
 

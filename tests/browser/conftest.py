@@ -30,15 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_service(**env: str) -> tuple[subprocess.Popen, str]:
+    """`python -m service` on a free port with the bundled model (or VAE_TEST_MODEL_DIR) and extra VAE_* variables."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(MODEL_DIR)],
+                               cwd=REPO_ROOT, env={**os.environ, "VAE_LOG_LEVEL": "warning", **env},
+                               stderr=subprocess.PIPE)
+    return process, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
-    """`python -m service` on a free port, as soon as its port answers: the model's warm-up (seconds) may still run,
-    so the first test can watch the page while the service is not ready."""
-    port = free_port()
-    env = {**os.environ, "VAE_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(MODEL_DIR)],
-                               cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    """The service as soon as its port answers: the model's warm-up (seconds) may still run, so the first test can
+    watch the page while the service is not ready."""
+    process, url = start_service()
     wait_until(process, lambda: httpx.get(f"{url}/healthz").status_code == 200)
     yield url
     process.terminate()
@@ -50,6 +55,16 @@ def ready_server(server) -> str:
     """The same service once /readyz answers 200 (model loaded and warmed up)."""
     wait_until(None, lambda: httpx.get(f"{server}/readyz").status_code == 200)
     return server
+
+
+@pytest.fixture(scope="module")
+def locked_server(request) -> Iterator[str]:
+    """The service with access control on: one API key, `request.module.API_KEY`."""
+    process, url = start_service(VAE_API_KEYS=request.module.API_KEY)
+    wait_until(process, lambda: httpx.get(f"{url}/readyz").status_code == 200)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
 
 
 def wait_until(process: subprocess.Popen | None, check, timeout_s: float = 180) -> None:

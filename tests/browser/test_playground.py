@@ -13,12 +13,14 @@ import pytest
 from PIL import Image
 
 from service.images import load_image
+from service.settings import Settings
 
 FIXTURES = Path(__file__).parents[1] / "service" / "fixtures"
 SEVEN = FIXTURES / "mnist_test_0_label_7.png"
 # The reconstruction of a clearly drawn digit correlates with what the model saw well above this; a reconstruction
 # of another digit or a blob does not (measured: 7 drawn below 0.8-0.9, a 7 against a fixture 1 about 0.3).
 MIN_CORRELATION = 0.6
+API_KEY = "playground-test-key"
 
 
 def wait_for(driver, script: str, timeout: float = 30):
@@ -308,3 +310,32 @@ def test_interpolation_strip_when_the_service_interpolates(page, ready_server):
                          json={"latents": ends, "output": "probs"}).json()["images"]
     np.testing.assert_allclose(strip[:, :28], decoded[0], atol=2 / 255)
     np.testing.assert_allclose(strip[:, -28:], decoded[1], atol=2 / 255)
+
+
+@pytest.mark.skipif("api_keys" not in Settings.model_fields,
+                    reason="this service has no access control setting (VAE_API_KEYS) yet")
+def test_page_asks_for_an_api_key_and_sends_it(browser, locked_server):
+    """With VAE_API_KEYS set, the page (open itself) asks for a key on the first 401, keeps it for the tab and
+    sends it; a wrong key is asked for again."""
+    assert httpx.get(f"{locked_server}/v1/model").status_code == 401
+    browser.get(f"{locked_server}/")
+    wait_for(browser, "!document.getElementById('key-form').hidden")
+    assert "API key" in browser.find_element("id", "status").text
+    assert browser.switch_to.active_element.get_attribute("id") == "api-key"
+
+    browser.find_element("id", "api-key").send_keys("wrong-key\n")
+    wait_for(browser, "!document.getElementById('key-form').hidden")
+    assert browser.execute_script("return window.playground.loads.samples") == 0
+
+    browser.find_element("id", "api-key").send_keys(API_KEY + "\n")
+    wait_for(browser, "window.playground.loads.samples >= 1")
+    assert not browser.find_element("id", "key-form").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('vae-playground-api-key')") == API_KEY
+    model = httpx.get(f"{locked_server}/v1/model", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert browser.find_element("id", "model-name").text == model["name"]
+
+    request = browser.execute_script("return window.playground.request")
+    draw_seven(browser)
+    wait_for_analysis(browser, request)
+    assert len(browser.find_elements("css selector", "#bars .latent-bar")) == 16
+    assert browser.find_element("id", "status").text == ""

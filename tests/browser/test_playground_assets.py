@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.routes.playground import ASSETS, STATIC_DIR
+from service.routes.playground import ASSETS, PAGE_PATHS, STATIC_DIR
 from service.settings import Settings
 
 PAGE_FILES = sorted(STATIC_DIR.iterdir())
@@ -61,6 +61,13 @@ def test_page_and_assets_are_served_with_a_strict_policy(client, path, media_typ
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.content == (STATIC_DIR / ("index.html" if media_type == "text/html" else path.split("/")[-1])
                                 ).read_bytes()
+
+
+def test_page_paths_name_every_playground_route(client):
+    """PAGE_PATHS is what access control leaves open; it must hold the page and every asset, and nothing else."""
+    routes = {route.path for route in client.app.routes}
+    assert PAGE_PATHS <= routes
+    assert {path for path in routes if path == "/" or path.startswith("/playground")} == PAGE_PATHS
 
 
 def test_other_static_paths_are_not_served(client):
