@@ -32,8 +32,8 @@ def wait_for(driver, script: str, timeout: float = 30):
 
 def wait_for_analysis(driver, after_request: int) -> None:
     """Waits until an analysis newer than `after_request` was sent and the page has shown its answer."""
-    wait_for(driver, f"window.playground.request > {after_request} && "
-                     "!document.getElementById('result-panel').hasAttribute('aria-busy')")
+    wait_for(driver, f"window.playground.answered > {after_request} && "
+                     "window.playground.answered === window.playground.request")
 
 
 def canvas_pixels(driver, element_id: str) -> np.ndarray:
@@ -211,7 +211,7 @@ def test_undo_removes_the_last_stroke(page):
     assert not np.array_equal(canvas_pixels(page, "pad"), before)
     page.find_element("id", "undo").click()
     np.testing.assert_array_equal(canvas_pixels(page, "pad"), before)
-    wait_for(page, "!document.getElementById('result-panel').hasAttribute('aria-busy')")
+    wait_for(page, "window.playground.answered === window.playground.request")
 
 
 def test_browser_console_has_no_errors(page):

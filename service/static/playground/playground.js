@@ -12,6 +12,7 @@ const state = {
   strokes: [], // each a list of [x, y] points in pad pixels
   drawing: null, // the stroke under the pointer, with its pointerId
   request: 0, // the newest analysis; answers to older ones are dropped
+  answered: 0, // the newest analysis shown (or explained, if it failed)
   lastInput: null, // {blob, name, query}: what to send again after an API key is entered
   mean: null, // posterior mean of the last drawing or upload
   features: { score: true, interpolate: true }, // routes this service has (from its OpenAPI document)
@@ -342,7 +343,10 @@ async function analyse(input, request = ++state.request) {
   } catch (err) {
     if (request === state.request) explain(err, `analysing ${input.name}`);
   } finally {
-    if (request === state.request) $("result-panel").removeAttribute("aria-busy");
+    if (request === state.request) {
+      $("result-panel").removeAttribute("aria-busy");
+      state.answered = request;
+    }
   }
 }
 
