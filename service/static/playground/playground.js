@@ -15,6 +15,7 @@ const state = {
   answered: 0, // the newest analysis shown (or explained, if it failed)
   lastInput: null, // {blob, name, query}: what to send again after an API key is entered
   mean: null, // posterior mean of the last drawing or upload
+  latentSize: 16, // from /v1/model
   features: { score: true, interpolate: true }, // routes this service has (from its OpenAPI document)
   ends: { a: null, b: null }, // interpolation end points (latent vectors)
   animation: null,
@@ -559,7 +560,8 @@ async function start() {
   await waitUntilReady();
   say("");
   try {
-    noteModel(await apiJson("/v1/model"));
+    const info = await apiJson("/v1/model");
+    state.latentSize = info.latent_size || state.latentSize;
   } catch (err) {
     explain(err, "reading the model's name");
     if (err.status === 401) return;
@@ -568,7 +570,7 @@ async function start() {
   $("interp-panel").hidden = !state.features.interpolate;
   await showSamples();
   if (state.lastInput) analyse(state.lastInput);
-  else setSliders(state.mean || new Array(16).fill(0));
+  else setSliders(state.mean || new Array(state.latentSize).fill(0));
 }
 
 repaintPad();
