@@ -324,7 +324,8 @@ function showScore(doc) {
   const verdict = outlier ? "Outlier: the model finds this unlike the digits it was trained on."
                           : "Not an outlier.";
   $("score-text").textContent = `ELBO ${number(elbo)} nats, NLL ${number(nll)} nats: a higher NLL than ` +
-    `${number(percentile)}% of MNIST test digits. ${verdict}`;
+    `${number(percentile)}% of MNIST test digits. ${verdict}` +
+    (doc.k !== undefined ? ` (importance samples k = ${doc.k}, seed ${doc.seed})` : "");
   $("score-text").className = outlier ? "outlier" : "inlier";
 }
 
