@@ -110,17 +110,11 @@ def test_drawn_seven_is_reconstructed_as_drawn(page, ready_server):
     wait_for(page, "window.playground.last !== null")
     drawing = canvas_png(page, "pad")
     reconstruction = canvas_pixels(page, "recon-probs")
-    if page.execute_script("return window.playground.last.inputs !== null"):
-        # The service reports the 28x28 input it used (include_input): compare with what the page shows of it.
-        seen = canvas_pixels(page, "input")
-    else:
-        # A service without include_input: the drawing preprocessed by the service's own code, as the page asks
-        # for it (normalize=true; the black pad needs no inversion).
-        seen = load_image(drawing, "drawing.png", max_pixels=10**6, invert=None, normalize=True)
+    # The service reports the 28x28 input it used (include_input): compare with what the page shows of it.
+    assert page.execute_script("return window.playground.last.inputs !== null"), "the API reported no inputs"
+    seen = canvas_pixels(page, "input")
     assert seen.max() > 0.5, "the drawing did not reach the model"
-    source = "the service's inputs" if page.execute_script("return window.playground.last.inputs !== null") \
-        else "the pad preprocessed by service.images"
-    print(f"correlation of the reconstruction with {source}: {correlation(reconstruction, seen):.3f}")
+    print(f"correlation of the reconstruction with the service's inputs: {correlation(reconstruction, seen):.3f}")
     assert correlation(reconstruction, seen) > MIN_CORRELATION
     # The page shows the decoder's probabilities as they came (to 8 bits), and the mode as their threshold.
     probs = np.asarray(page.execute_script("return window.playground.last.probs"), np.float32)
@@ -154,7 +148,7 @@ def test_drawn_seven_is_reconstructed_as_drawn(page, ready_server):
 def test_other_digits_do_not_pass_the_resemblance_check():
     """The correlation check can fail: the fixture 7 against every other fixture digit stays below the threshold."""
     def seen(path: Path) -> np.ndarray:
-        return load_image(path.read_bytes(), path.name, max_pixels=10**6, invert=None, normalize=False)
+        return load_image(path.read_bytes(), path.name, max_pixels=10**6, invert=None, normalize=False)[0]
 
     others = [path for path in sorted(FIXTURES.glob("mnist_test_*.png")) if path != SEVEN]
     assert len(others) == 7
