@@ -1,13 +1,12 @@
 """Quiet, honest TensorFlow start-up logs: call quiet_tensorflow_logs() before TensorFlow is imported.
 
 TensorFlow's C++ code writes to file descriptor 2 directly, some of it (absl's log lines before its logging is set
-up) whatever TF_CPP_MIN_LOG_LEVEL says. Two filters, both off when TF_CPP_MIN_LOG_LEVEL is already set (then
-TensorFlow prints what that level asks for, e.g. 0 for everything):
+up) whatever TF_CPP_MIN_LOG_LEVEL says. Two filters:
 
-- by level: TF_CPP_MIN_LOG_LEVEL=1, no INFO lines (TensorFlow's own warnings and errors stay);
+- by level: TF_CPP_MIN_LOG_LEVEL, 1 unless already set (no INFO lines; TensorFlow's warnings and errors stay);
 - by message: the few lines listed in NOISE, which only say that this machine has no NVIDIA driver (the service
   and training log "no GPU found, running on CPU" instead) or report a graph optimisation TensorFlow skipped.
-  Every other line, ERROR or not, passes.
+  Every other line, ERROR or not, passes. TF_CPP_MIN_LOG_LEVEL=0 turns this filter off too: everything is shown.
 
 The message filter is a small child process between fd 2 and the real stderr, not a thread: if TensorFlow aborts
 the process, what it wrote last still reaches the terminal (the child reads until the pipe closes).
@@ -42,15 +41,12 @@ for line in sys.stdin.buffer:
 
 
 def quiet_tensorflow_logs() -> None:
-    """Set TF_CPP_MIN_LOG_LEVEL=1 and drop the NOISE lines from stderr, unless TF_CPP_MIN_LOG_LEVEL is set."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    """TF_CPP_MIN_LOG_LEVEL=1 unless set, and the NOISE lines dropped from stderr unless it is set to 0."""
+    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1") == "0":
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
     sys.stderr.flush()
     child = subprocess.Popen([sys.executable, "-c", _FILTER, *NOISE], stdin=subprocess.PIPE, stdout=sys.stderr,
                              close_fds=True)
     os.dup2(child.stdin.fileno(), 2)  # fd 2 (C++ and Python alike) now feeds the filter
     child.stdin.close()
     _children.append(child)
-    # Processes started from here on (e.g. by tests) get their stderr filtered too; their TF_CPP_MIN_LOG_LEVEL is
-    # set, so they do not start a second filter.

@@ -39,7 +39,12 @@ def test_default_level_drops_the_no_gpu_noise_and_keeps_real_errors():
         assert noise not in stderr, stderr
 
 
-def test_an_explicit_tf_level_turns_the_filters_off():
+def test_a_level_set_by_the_user_is_kept_with_the_message_filter():
+    _, stderr = _run(TF_CPP_MIN_LOG_LEVEL="2")
+    assert "a real error" in stderr and "remapper failed" not in stderr and "cuInit" not in stderr
+
+
+def test_level_0_turns_both_filters_off():
     stdout, stderr = _run(TF_CPP_MIN_LOG_LEVEL="0")
     assert "remapper failed" in stderr and "a real error" in stderr
     if stdout.startswith("GPUS 0"):  # a machine without an NVIDIA driver says so, at length
