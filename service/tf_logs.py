@@ -25,8 +25,8 @@ NOISE = (
     # No NVIDIA driver library on this machine (error 303: libcuda could not be loaded): the CPU is used.
     "cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
     "failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
-    # Grappler's remapper could not fuse some ops of a training graph and left them unfused (tensorflow#62075).
-    "remapper failed: INVALID_ARGUMENT: Mutation::Apply error",
+    # Grappler's remapper could not fuse some ops of a training graph and left them unfused (seen during training).
+    "remapper failed: INVALID_ARGUMENT",
 )
 
 _FILTER = """
