@@ -6,7 +6,7 @@ import os
 import signal
 from collections.abc import Sequence
 
-from service.tf_logs import quiet_tensorflow_logs
+from contract.tf_logs import quiet_tensorflow_logs
 
 quiet_tensorflow_logs()  # before TensorFlow's import (by service.main)
 

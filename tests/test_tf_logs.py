@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 # a line like a real TensorFlow error and one of the filtered messages, then dies without flushing or cleaning up.
 SCRIPT = r"""
 import os, sys
-from service.tf_logs import quiet_tensorflow_logs
+from contract.tf_logs import quiet_tensorflow_logs
 quiet_tensorflow_logs()
 import tensorflow as tf
 print("GPUS", len(tf.config.list_physical_devices("GPU")), flush=True)

@@ -5,14 +5,7 @@ import logging
 import sys
 import warnings
 
-try:  # the training Docker image holds training/ alone: there TF_CPP_MIN_LOG_LEVEL=1 is the only filter
-    from service.tf_logs import quiet_tensorflow_logs
-except ImportError:
-    import os
-
-    def quiet_tensorflow_logs():
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
+from contract.tf_logs import quiet_tensorflow_logs
 
 quiet_tensorflow_logs()  # before TensorFlow's import (by training.data)
 

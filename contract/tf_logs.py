@@ -10,7 +10,7 @@ up) whatever TF_CPP_MIN_LOG_LEVEL says. Two filters:
 
 The message filter is a small child process between fd 2 and the real stderr, not a thread: if TensorFlow aborts
 the process, what it wrote last still reaches the terminal (the child reads until the pipe closes).
-Stdlib only: training uses it too.
+Stdlib only, in contract/ because both sides (and both Docker images) use it.
 """
 
 import os
