@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import REPO, encode_requests, free_port, http_get, read_response  # noqa: E402
+from serve_bench import REPO, encode_requests, free_port, http_get  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 import contract  # noqa: E402
