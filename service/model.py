@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,30 @@ class VaeModel:
         outputs = self._signatures["sample"](num_samples=tf.constant(n, tf.int32), seed=tf.constant(seed, tf.int64))
         return _numpy(outputs)
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup."""
-        for size in batch_sizes:
-            images = np.zeros((size, *self.metadata["image_shape"]), np.float32)
-            self.encode(images)
-            self.reconstruct(images)
-            self.decode(np.zeros((size, self.latent_size), np.float32))
-        self.sample(1, 0)
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), threads: int = 1) -> None:
+        """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup.
+        threads > 1: the signatures warm up side by side (small batches leave cores idle; TensorFlow releases the
+        GIL in its ops)."""
+        image_shape = self.metadata["image_shape"]
+        calls = {
+            "encode": lambda size: self.encode(np.zeros((size, *image_shape), np.float32)),
+            "reconstruct": lambda size: self.reconstruct(np.zeros((size, *image_shape), np.float32)),
+            "decode": lambda size: self.decode(np.zeros((size, self.latent_size), np.float32)),
+            "sample": lambda size: self.sample(size, 0),
+        }
+        sizes = {name: list(batch_sizes) for name in calls} | {"sample": [1]}  # sample: one call per (n, seed)
+
+        def warm(name: str) -> None:
+            for size in sizes[name]:
+                calls[name](size)
+
+        if threads <= 1:
+            for name in calls:
+                warm(name)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix=f"warm-up-v{self.version}") as pool:
+            for future in [pool.submit(warm, name) for name in calls]:
+                future.result()
 
 
 def _numpy(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:

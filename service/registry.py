@@ -230,7 +230,8 @@ class Registry:
             if record.serving is None:
                 return
         try:
-            await asyncio.to_thread(record.serving.model.warm_up, bucket_sizes(self.settings.batch_max_size))
+            await asyncio.to_thread(record.serving.model.warm_up, bucket_sizes(self.settings.batch_max_size),
+                                    self.settings.warm_up_threads)
         except Exception as err:
             self._refuse(record, "UNKNOWN", f"warm-up failed: {type(err).__name__}: {err}")
             return

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     model_config_file: Path | None = Field(None, description="JSON file read at every poll, overriding the policy: "
                                            '{"model_version_policy": "specific", "model_versions": [1]}.')
     model_poll_s: float = Field(2.0, ge=0, description="Seconds between scans of the base path; 0: never rescan.")
+    warm_up_threads: int = Field(3, ge=1, description="Signatures warmed up side by side when a version loads.")
     model_drain_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a replaced version's requests.")
     log_level: str = Field("info", description="Python and uvicorn log level.")
     access_log: bool = Field(False, description="Log every request (costs throughput under load).")

@@ -33,7 +33,7 @@ def test_healthz_answers_ok(client):
 
 
 def test_failed_warm_up_makes_healthz_503(model_dir, monkeypatch):
-    def failing_warm_up(self, batch_sizes):
+    def failing_warm_up(self, batch_sizes, threads=1):
         raise RuntimeError("out of GPU memory")  # as a real warm-up can fail, after a successful load
 
     monkeypatch.setattr("service.model.VaeModel.warm_up", failing_warm_up)
