@@ -136,7 +136,7 @@ async def rollout_under_load(port: int, base: Path, v2: Path, concurrency: int, 
     t0 = time.perf_counter()
     await asyncio.sleep(phase_s)
     appeared = await asyncio.to_thread(place, base, 2, v2)
-    while status(port).get("1") != "END":
+    while (await asyncio.to_thread(status, port)).get("1") != "END":
         await asyncio.sleep(0.05)
     ended = time.perf_counter()
     await asyncio.sleep(phase_s)

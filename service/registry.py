@@ -139,7 +139,10 @@ class Registry:
 
     async def run(self, on_failure: Callable[[], None] | None = None) -> None:
         """Warm up and publish what start() loaded, then follow the base path every VAE_MODEL_POLL_S."""
-        await self.reconcile()
+        try:
+            await self.reconcile()
+        except Exception:  # e.g. the volume went away: keep polling
+            log.exception("model scan failed")
         if self.routing.default is None and self._refusals():
             # Nothing to serve and something was refused at start: /healthz answers 503 from now on (a liveness probe
             # restarts the container), and on_failure may end the process (`python -m service` does).

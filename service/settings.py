@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     queue_deadline_ms: float = Field(10_000, gt=0, description="A request that waited longer in the queue is answered "
                                      "504, not computed.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+
+    @model_validator(mode="after")
+    def _specific_needs_versions(self) -> "Settings":
+        if self.model_version_policy == "specific" and not self.model_versions:
+            raise ValueError("model_version_policy 'specific' needs model_versions (VAE_MODEL_VERSIONS, e.g. 1,2)")
+        return self
 
     @field_validator("model_versions", mode="before")
     @classmethod

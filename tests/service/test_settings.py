@@ -63,3 +63,10 @@ def test_settings_bad_version_settings_fail_at_start(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("VAE_").lower()):
         Settings()
+
+
+def test_settings_specific_policy_without_versions_fails_at_start(monkeypatch):
+    monkeypatch.setenv("VAE_MODEL_VERSION_POLICY", "specific")
+    monkeypatch.delenv("VAE_MODEL_VERSIONS", raising=False)
+    with pytest.raises(ValidationError, match="needs model_versions"):
+        Settings()
