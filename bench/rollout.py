@@ -8,8 +8,8 @@ X-Model-Version too). After `--phase` seconds it writes version 2 (version 1 wit
 temp folder and a rename) into the base path. Reports req/s and p99 before the folder appears, during the rollout
 (folder appears -> old version END) and after it, failed requests, and the time from the folder appearing to the
 first answer from version 2. Then: RSS after 1 and after `--rollouts` rollouts (idle, each waiting for the old
-version's END), and the time from process start to /readyz 200, idle (median of `--cold-starts`) and while 64
-clients already hammer the port (a restart under load).
+version's END), the time from process start to /readyz 200 idle (median of `--cold-starts`), and a restart under
+load: the service is killed (SIGKILL) while `concurrency` clients drive it and started again on the same port.
 """
 
 import argparse
@@ -149,24 +149,46 @@ async def rollout_under_load(port: int, base: Path, v2: Path, concurrency: int, 
             "folder_to_old_unloaded_s": round(ended - appeared, 2)}
 
 
-def cold_start(base: Path, concurrency: int = 0) -> float:
-    """Seconds from process start to /readyz 200, optionally with `concurrency` clients already knocking."""
+def cold_start(base: Path) -> float:
+    """Seconds from process start to /readyz 200, idle."""
+    port = free_port()
+    started = time.perf_counter()
+    process = start_service(base, port)
+    try:
+        return round(wait_ready(port, process) - started, 2)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def restart_under_load(base: Path, concurrency: int) -> dict:
+    """kill -9 a loaded service and start a new one on the same port while the clients keep knocking."""
     port = free_port()
 
-    async def run() -> float:
+    async def run() -> dict:
+        first = start_service(base, port)
+        await asyncio.to_thread(wait_ready, port, first)
         stop, log = asyncio.Event(), []
-        task = asyncio.create_task(load(port, concurrency, stop, log)) if concurrency else None
+        task = asyncio.create_task(load(port, concurrency, stop, log))
+        await asyncio.sleep(3)
+        first.kill()
+        killed = time.perf_counter()
+        await asyncio.to_thread(first.wait)
+        second = start_service(base, port)
         started = time.perf_counter()
-        process = start_service(base, port)
         try:
-            ready = await asyncio.to_thread(wait_ready, port, process)
+            ready = await asyncio.to_thread(wait_ready, port, second)
+            served = None
+            while served is None:
+                await asyncio.sleep(0.01)
+                served = next((row[0] for row in log if row[0] > ready and row[1] == 200), None)
         finally:
             stop.set()
-            if task:
-                await task
-            process.terminate()
-            process.wait(30)
-        return round(ready - started, 2)
+            await task
+            second.terminate()
+            second.wait(30)
+        return {"start_to_ready_s": round(ready - started, 2), "kill_to_ready_s": round(ready - killed, 2),
+                "kill_to_first_answer_s": round(served - killed, 2), "concurrency": concurrency}
 
     return asyncio.run(run())
 
@@ -215,9 +237,8 @@ def main() -> None:
         for number in [n for n in contract.version_folders(base) if n > 1]:
             shutil.rmtree(base / str(number))
         idle = [cold_start(base) for _ in range(args.cold_starts)]
-        loaded = cold_start(base, args.concurrency)
         result["cold_start_s"] = {"idle_runs": idle, "idle_median": statistics.median(idle),
-                                  "under_load": loaded, "load_concurrency": args.concurrency}
+                                  "restart_under_load": restart_under_load(base, args.concurrency)}
         result["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
     if args.out:

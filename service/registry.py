@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -232,6 +233,7 @@ class Registry:
             record = await self._load(number, path, folder_id)
             if record.serving is None:
                 return
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(record.serving.model.warm_up, bucket_sizes(self.settings.batch_max_size),
                                     self.settings.warm_up_threads)
@@ -251,8 +253,8 @@ class Registry:
         record.serving.batchers.start()
         record.state = State.AVAILABLE
         self._publish()
-        log.info("version %d available (serving %s; default %s)", number, sorted(self.routing.versions),
-                 self.routing.default.number)
+        log.info("version %d available after a %.1f s warm-up (serving %s; default %s)", number,
+                 time.perf_counter() - started, sorted(self.routing.versions), self.routing.default.number)
 
     def _refuse(self, record: Version, code: str, message: str) -> None:
         record.state, record.error_code, record.error_message, record.serving = State.END, code, message, None
