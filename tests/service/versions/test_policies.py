@@ -119,3 +119,23 @@ def test_model_config_file_pins_and_releases_a_version_at_run_time(two_versions,
         assert client.get("/v1/model").headers["x-model-version"] == "1"
         config.unlink()  # back to the settings' policy: latest
         wait(lambda: client.get("/v1/model").headers["x-model-version"] == "2", what="back to latest")
+
+
+def test_unloaded_version_leaves_no_model_behind(base, model_dir, artifacts, place_version, wait):
+    import gc
+    import weakref
+
+    place_version(base, 1, model_dir)
+    with app_for(base) as client:
+        ready(client, wait)
+        for _ in range(3):
+            client.post("/v1/encode", json=ENCODE)
+        serving = client.app.state.registry.routing.default.serving
+        model, threads = weakref.ref(serving.model), [batcher._thread for batcher in serving.batchers.all()]
+        del serving
+        place_version(base, 2, artifacts["perturbed"])
+        wait(lambda: client.get("/v1/models/mnist_vae/versions/1").json()["model_version_status"][0]["state"]
+             == "END", what="version 1 unloaded")
+        assert not any(thread.is_alive() for thread in threads)  # its batchers stopped
+        gc.collect()
+        assert model() is None, "version 1's model is still referenced"
