@@ -36,16 +36,20 @@ def not_ready(app) -> HTTPException:
     return HTTPException(503, detail, headers={"Retry-After": retry_after})
 
 
-def ready_serving(request: Request, version: int | None = None) -> Serving:
+def ready_serving(request: Request, version: int | str | None = None) -> Serving:
     """The Serving of the version this request uses: `version` if given, else the `version` query parameter, else the
     default (the newest the policy serves). 503 with Retry-After while no version is available; 404 naming the loaded
-    versions for one that is not. A second call in the same request returns the same version."""
+    versions for one that is not; 422 for a version that is not a positive integer). A second call in the same request
+    returns the same version. `version` may be a path parameter's string (TF Serving's and KServe's
+    /versions/{version} routes)."""
     scope = request.scope
     record = scope.get(LEASE)
     if record is not None:
         return record.serving
     routing = request.app.state.registry.routing
-    if version is None and scope["query_string"]:
+    if isinstance(version, str):
+        version = parse_version(version)
+    elif version is None and scope["query_string"]:
         version = parse_version(request.query_params.get("version"))
     if version is None:
         record = routing.default
