@@ -205,7 +205,7 @@ def serving(model_dir: str, repo: Path = REPO, extra_env: dict[str, str] | None 
 def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float]:
     """(sum, count) of one of the service's per-signature histograms, e.g. vae_batch_size_images."""
     text = http_get(port, "/metrics")[1].decode()
-    return tuple(float(re.search(rf'{name}_{kind}{{signature="{signature}"}} (\S+)', text).group(1))
+    return tuple(float(re.search(rf'{name}_{kind}{{signature="{signature}"[^}}]*}} (\S+)', text).group(1))
                  for kind in ("sum", "count"))
 
 

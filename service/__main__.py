@@ -21,7 +21,15 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     default = {name: field.default for name, field in Settings.model_fields.items()}
     parser.add_argument("--host", help=f"interface to bind (VAE_HOST; default: {default['host']})")
     parser.add_argument("--port", type=int, help=f"port to listen on (VAE_PORT; default: {default['port']})")
-    parser.add_argument("--model-dir", help=f"SavedModel directory (VAE_MODEL_DIR; default: {default['model_dir']})")
+    parser.add_argument("--model-base-path", help="folder of numbered model versions, followed while serving "
+                        f"(VAE_MODEL_BASE_PATH; default: {default['model_base_path']})")
+    parser.add_argument("--model-dir", help="one version folder, served alone (VAE_MODEL_DIR; default: none)")
+    parser.add_argument("--model-name", help="name to serve the model under (VAE_MODEL_NAME; default: its metadata's)")
+    parser.add_argument("--model-version-policy", choices=["latest", "specific", "all"],
+                        help="versions to serve (VAE_MODEL_VERSION_POLICY; default: "
+                        f"{default['model_version_policy']})")
+    parser.add_argument("--model-versions", help="versions for the specific policy, e.g. 1,2 (VAE_MODEL_VERSIONS)")
+    parser.add_argument("--model-config-file", help="JSON policy file re-read at every poll (VAE_MODEL_CONFIG_FILE)")
     parser.add_argument("--log-level", help=f"log level (VAE_LOG_LEVEL; default: {default['log_level']})")
     args = parser.parse_args(argv)
     return Settings(**{key: value for key, value in vars(args).items() if value is not None})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from starlette.exceptions import HTTPException
 
 from service.metrics import Metrics
 from service.model import VaeModel
@@ -35,6 +36,14 @@ class ShuttingDownError(RuntimeError):
     """The batcher stopped before the request was served."""
 
 
+class DeadlineExceededError(HTTPException):
+    """The request waited in the queue longer than VAE_QUEUE_DEADLINE_MS and was not computed: 504. An HTTPException,
+    so that every protocol's error handler renders it in its own shape."""
+
+    def __init__(self, detail: str):
+        super().__init__(504, detail)
+
+
 @dataclass
 class _Item:
     payload: Any
@@ -44,9 +53,16 @@ class _Item:
 
 
 class Batcher:
+    """Each piece of state has one owner. The event loop: `_stopped`, `_waiting` (the futures of unanswered requests)
+    and every future's result. The model thread: `_carry` and the batch in its model call. The queue is the only thing
+    both touch. stop() therefore fails what is unanswered from the loop's own records and asks the thread to end with
+    a sentinel on the queue, never reading the thread's state."""
+
     def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
-                 metrics: Metrics, same_batch: Callable[[Any, Any], bool] | None = None):
-        """same_batch(first, other): whether a payload may join the batch of `first` (default: any may)."""
+                 metrics: Metrics, version: str = "", deadline_s: float = float("inf"),
+                 same_batch: Callable[[Any, Any], bool] | None = None):
+        """same_batch(first, other): whether a payload may join the batch of `first` (default: any may).
+        deadline_s: a request that waited longer in the queue is failed with DeadlineExceededError, not computed."""
         # Bad settings fail here, when the app starts, not at the first request.
         if max_size < 1:
             raise ValueError(f"batch max size must be >= 1, got {max_size}")
@@ -54,81 +70,120 @@ class Batcher:
             raise ValueError(f"batch max delay must be >= 0, got {max_delay_s}")
         if queue_max < 1:
             raise ValueError(f"queue max must be >= 1, got {queue_max}")
+        if deadline_s <= 0:
+            raise ValueError(f"queue deadline must be > 0, got {deadline_s}")
         self.name = name
+        self.version = version
         self.max_size = max_size
         self.max_delay_s = max_delay_s
+        self.deadline_s = deadline_s
         self._batch_fn = batch_fn
         self._same_batch = same_batch
         self._queue: queue.Queue[_Item] = queue.Queue(queue_max)  # and _STOP
-        self._carry: _Item | None = None  # an item that did not fit into the previous batch (model thread only)
-        self._current: list[_Item] = []  # the batch in the model call, so that stop() can fail it
+        self._carry: _Item | None = None  # model thread only: an item that did not fit into the previous batch
+        self._waiting: set[asyncio.Future] = set()  # event loop only
+        self._stopped = False  # event loop only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopped = False
-        self._batch_size = metrics.batch_size.labels(name)
-        self._queue_wait = metrics.queue_wait.labels(name)
-        self._queue_depth = metrics.queue_depth.labels(name)
-        self._rejected = metrics.rejected.labels(name)
-        self._inference = metrics.inference.labels(name)
+        self._metrics = metrics
+        self._batch_size = metrics.batch_size.labels(name, version)
+        self._queue_wait = metrics.queue_wait.labels(name, version)
+        self._queue_depth = metrics.queue_depth.labels(name, version)
+        self._rejected = metrics.rejected.labels(name, version)
+        self._expired = metrics.expired.labels(name, version)
+        self._inference = metrics.inference.labels(name, version)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name=f"model-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"model-{self.name}-v{self.version}", daemon=True)
         self._thread.start()
 
+    @property
+    def idle(self) -> bool:
+        """No request submitted and unanswered (event loop only)."""
+        return not self._waiting
+
     async def stop(self, timeout_s: float = 30) -> None:
-        """Fail what is queued and in the model call, then wait (up to timeout_s) for the call to end."""
-        self._stopped = True  # later submits fail at once
-        pending = [*self._current] + ([self._carry] if self._carry else [])
-        while True:  # not `while not empty()`: the model thread may take the last item between the two calls
-            try:
-                pending.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        self._queue_depth.set(0)
-        _fail([item for item in pending if item is not _STOP], ShuttingDownError(f"{self.name} batcher stopped"))
+        """Fail every unanswered request at once, then end the model thread after its current call (waiting up to
+        timeout_s). Later submits fail at once."""
+        self._stopped = True
+        for future in self._waiting:
+            if not future.done():
+                future.set_exception(ShuttingDownError(f"{self.name} batcher stopped"))
         if self._thread is not None:
-            self._queue.put(_STOP)  # there is room: only this event loop adds items, and the queue was just emptied
-            await asyncio.to_thread(self._thread.join, timeout_s)
+            await asyncio.to_thread(self._end_thread, timeout_s)
+        self._queue_depth.set(0)
+        try:
+            self._metrics.queue_depth.remove(self.name, self.version)  # a stopped version's gauge is gone, not 0
+        except KeyError:
+            pass
+
+    def _end_thread(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:  # no submit adds items any more, so the model thread makes room
+            self._queue.put(_STOP, timeout=timeout_s)
+        except queue.Full:
+            log.warning("%s v%s model thread still busy after %.0f s", self.name, self.version, timeout_s)
+            return
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     async def submit(self, payload: Any, size: int) -> Any:
         """Queue one request of `size` images and wait for its own share of a batch's result."""
         if self._stopped:
             raise ShuttingDownError(f"{self.name} batcher stopped")
-        item = _Item(payload, size, self._loop.create_future(), time.perf_counter())
+        future = self._loop.create_future()
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait(_Item(payload, size, future, time.perf_counter()))
         except queue.Full:
             self._rejected.inc()
             raise QueueFullError(f"{self.name} queue is full ({self._queue.maxsize} requests waiting)") from None
         self._queue_depth.set(self._queue.qsize())
-        return await item.future
+        self._waiting.add(future)
+        try:
+            return await future
+        finally:
+            self._waiting.discard(future)
 
     def _run(self) -> None:
-        """The model thread: collect a batch, call the model, hand the results to the event loop; until stop()."""
+        """The model thread: collect a batch, call the model, hand the results to the event loop; until _STOP."""
         while (batch := self._collect()) is not None:
-            # Callers that went away are not computed. done() is read off the loop's thread: at worst a caller that
-            # is cancelled right now is computed for nothing.
-            self._current = [item for item in batch if not item.future.done()]
-            if not self._current:
-                continue
+            # Callers that went away, or were failed by stop(), are not computed; nor are those queued past the
+            # deadline. done() is read off the loop's thread: at worst a caller cancelled right now is computed
+            # for nothing.
+            now = time.perf_counter()
+            live, expired = [], []
+            for item in batch:
+                if not item.future.done():
+                    (live if now - item.enqueued <= self.deadline_s else expired).append(item)
+            outcomes = []
+            if expired:
+                self._expired.inc(len(expired))
+                outcomes.append((_fail, expired, DeadlineExceededError(
+                    f"{self.name}: waited in the queue longer than {self.deadline_s * 1000:.0f} ms; retry later")))
+            if live:
+                try:
+                    results = self._call(live, now)
+                except Exception as err:  # keep serving: every caller of the batch gets the error
+                    log.exception("%s batch of %d requests failed", self.name, len(live))
+                    outcomes.append((_fail, live, err))
+                else:
+                    outcomes.append((_settle, live, results))
             try:
-                results = self._call(self._current)
-            except Exception as err:  # keep serving: every caller of the batch gets the error
-                log.exception("%s batch of %d requests failed", self.name, len(self._current))
-                outcome = (_fail, self._current, err)
-            else:
-                outcome = (_settle, self._current, results)
-            self._current = []
-            try:
-                self._loop.call_soon_threadsafe(*outcome)
+                for outcome in outcomes:
+                    self._loop.call_soon_threadsafe(*outcome)
             except RuntimeError:  # the event loop is closed: nobody is waiting any more
                 return
+        self._carry = None
+        while True:  # drop what is left (stop() failed those requests already)
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
 
     def _collect(self) -> list[_Item] | None:
         """Take a first item, then what is queued, until the batch is full. If the model was idle (the first item had
         to be waited for), wait for company while requests keep arriving: after each event-loop turn that added
-        some, up to max_delay after the first. A lone request waits one loop turn (about 0.1 ms)."""
+        some, up to max_delay after the first. A lone request waits one loop turn (about 0.1 ms). None: stop."""
         first, self._carry = self._carry, None
         idle = False
         if first is None:
@@ -175,8 +230,7 @@ class Batcher:
             return False
         return turned.wait(timeout_s)
 
-    def _call(self, batch: list[_Item]) -> Sequence[Any]:
-        now = time.perf_counter()
+    def _call(self, batch: list[_Item], now: float) -> Sequence[Any]:
         for item in batch:
             self._queue_wait.observe(now - item.enqueued)
         self._batch_size.observe(sum(item.size for item in batch))
@@ -251,11 +305,13 @@ class Batchers:
     sample: Batcher
 
     @classmethod
-    def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int,
-                  metrics: Metrics) -> "Batchers":
+    def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, metrics: Metrics,
+                  deadline_s: float = float("inf")) -> "Batchers":
+        """The batchers of one model version: each calls that version's model only, so a version's requests can never
+        reach another version's model (there is no model reference to swap)."""
         def batcher(name: str, batch_fn: BatchFn, **options) -> Batcher:
             return Batcher(name, batch_fn, max_size=max_size, max_delay_s=max_delay_s, queue_max=queue_max,
-                           metrics=metrics, **options)
+                           metrics=metrics, version=str(model.version), deadline_s=deadline_s, **options)
 
         buckets = bucket_sizes(max_size)
         return cls(encode=batcher("encode", stacked(model.encode, buckets)),
@@ -265,3 +321,14 @@ class Batchers:
 
     def all(self) -> tuple[Batcher, ...]:
         return self.encode, self.decode, self.reconstruct, self.sample
+
+    def start(self) -> None:
+        for batcher in self.all():
+            batcher.start()
+
+    async def stop(self, timeout_s: float = 30) -> None:
+        await asyncio.gather(*(batcher.stop(timeout_s) for batcher in self.all()))
+
+    @property
+    def idle(self) -> bool:
+        return all(batcher.idle for batcher in self.all())

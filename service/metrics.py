@@ -17,15 +17,21 @@ class Metrics:
                                 ["method", "route", "status"], **labels)
         self.latency = Histogram("vae_http_request_duration_seconds", "HTTP request latency.",
                                  ["method", "route"], buckets=LATENCY_BUCKETS, **labels)
+        # Model metrics carry the model version that served (several are loaded during a rollout).
+        model = ["signature", "version"]
         self.inference = Histogram("vae_model_inference_seconds", "Model call time per batch.",
-                                   ["signature"], buckets=LATENCY_BUCKETS, **labels)
+                                   model, buckets=LATENCY_BUCKETS, **labels)
         self.batch_size = Histogram("vae_batch_size_images", "Images per model call.",
-                                    ["signature"], buckets=BATCH_BUCKETS, **labels)
+                                    model, buckets=BATCH_BUCKETS, **labels)
         self.queue_wait = Histogram("vae_batch_queue_wait_seconds", "Time a request waits in the queue.",
-                                    ["signature"], buckets=LATENCY_BUCKETS, **labels)
-        self.queue_depth = Gauge("vae_batch_queue_depth", "Requests waiting in the queue.", ["signature"], **labels)
+                                    model, buckets=LATENCY_BUCKETS, **labels)
+        self.queue_depth = Gauge("vae_batch_queue_depth", "Requests waiting in the queue.", model, **labels)
         self.rejected = Counter("vae_batch_rejected_total", "Requests turned away with 503 because the queue was full.",
-                                ["signature"], **labels)
+                                model, **labels)
+        self.expired = Counter("vae_batch_expired_total", "Requests answered 504: queued longer than the deadline.",
+                               model, **labels)
+        self.load_failures = Counter("vae_model_load_failures_total", "Model versions refused: load, contract check "
+                                     "or warm-up failed.", ["version"], **labels)
 
 
 class MetricsMiddleware:

@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,18 @@ def configure_device(gpu_memory_growth: bool, intra_op_threads: int = 0) -> str:
 
 
 class VaeModel:
-    def __init__(self, root: Any, metadata: dict[str, Any], device: str):
+    def __init__(self, root: Any, metadata: dict[str, Any], device: str, name: str | None = None,
+                 saved_model_fingerprint: bytes = b""):
+        """name: served under this name instead of the metadata's model_name."""
         self._root = root  # keeps the loaded variables alive
         self._signatures = root.signatures
         self.metadata = metadata
         self.device = device
-        # Identifies the exported model (not just its version number) for ETags.
-        self.fingerprint = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
+        self._name = name or metadata["model_name"]
+        # Identifies the exported model (not just its version number) for ETags: the metadata and TensorFlow's own
+        # fingerprint of the SavedModel (checksums of the graph and the variables).
+        identity = json.dumps(metadata, sort_keys=True).encode() + saved_model_fingerprint
+        self.fingerprint = hashlib.sha256(identity).hexdigest()[:16]
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -54,7 +60,7 @@ class VaeModel:
 
     @property
     def name(self) -> str:
-        return self.metadata["model_name"]
+        return self._name
 
     @property
     def version(self) -> int:
@@ -77,35 +83,64 @@ class VaeModel:
         outputs = self._signatures["sample"](num_samples=tf.constant(n, tf.int32), seed=tf.constant(seed, tf.int64))
         return _numpy(outputs)
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup."""
-        for size in batch_sizes:
-            images = np.zeros((size, *self.metadata["image_shape"]), np.float32)
-            self.encode(images)
-            self.reconstruct(images)
-            self.decode(np.zeros((size, self.latent_size), np.float32))
-        self.sample(1, 0)
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), threads: int = 1) -> None:
+        """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup.
+        threads > 1: the signatures warm up side by side (small batches leave cores idle; TensorFlow releases the
+        GIL in its ops)."""
+        image_shape = self.metadata["image_shape"]
+        calls = {
+            "encode": lambda size: self.encode(np.zeros((size, *image_shape), np.float32)),
+            "reconstruct": lambda size: self.reconstruct(np.zeros((size, *image_shape), np.float32)),
+            "decode": lambda size: self.decode(np.zeros((size, self.latent_size), np.float32)),
+            "sample": lambda size: self.sample(size, 0),
+        }
+        sizes = {name: list(batch_sizes) for name in calls} | {"sample": [1]}  # sample: one call per (n, seed)
+
+        def warm(name: str) -> None:
+            for size in sizes[name]:
+                calls[name](size)
+
+        if threads <= 1:
+            for name in calls:
+                warm(name)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix=f"warm-up-v{self.version}") as pool:
+            for future in [pool.submit(warm, name) for name in calls]:
+                future.result()
 
 
 def _numpy(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
     return {name: tensor.numpy() for name, tensor in outputs.items()}
 
 
-def load_model(model_dir: Path, device: str) -> VaeModel:
-    """Load the SavedModel and check metadata.json against its signatures; raise ModelContractError if they differ."""
+def read_model_metadata(model_dir: Path, version: int | None = None) -> dict[str, Any]:
+    """metadata.json of a version folder, checked against the schema and, if given, the folder's version number;
+    ModelContractError otherwise."""
     model_dir = Path(model_dir)
     if not (model_dir / contract.SAVED_MODEL_FILE).is_file():
-        raise ModelContractError(f"no SavedModel at {model_dir} (no {contract.SAVED_MODEL_FILE}); set --model-dir or "
-                                 "VAE_MODEL_DIR")
+        raise ModelContractError(f"no SavedModel at {model_dir} (no {contract.SAVED_MODEL_FILE}); set "
+                                 "--model-base-path (VAE_MODEL_BASE_PATH) or --model-dir (VAE_MODEL_DIR)")
     try:
         metadata = contract.read_metadata(model_dir)
     except contract.MetadataError as err:
         raise ModelContractError(f"{err}; the service needs the metadata written at export") from None
+    if version is not None and metadata["model_version"] != version:
+        raise ModelContractError(f"{model_dir / contract.METADATA_FILE} says model_version "
+                                 f"{metadata['model_version']}, its folder is version {version}")
+    return metadata
+
+
+def load_model(model_dir: Path, device: str, *, version: int | None = None, name: str | None = None) -> VaeModel:
+    """Load the SavedModel and check metadata.json against its signatures (and its folder's version number, if
+    given); raise ModelContractError if they differ."""
+    model_dir = Path(model_dir)
+    metadata = read_model_metadata(model_dir, version)
     root = tf.saved_model.load(str(model_dir))
     check_contract(metadata, root.signatures)
+    fingerprint = model_dir / "fingerprint.pb"
     log.info("loaded %s v%s from %s (latent size %d)", metadata["model_name"], metadata["model_version"], model_dir,
              metadata["latent_size"])
-    return VaeModel(root, metadata, device)
+    return VaeModel(root, metadata, device, name, fingerprint.read_bytes() if fingerprint.is_file() else b"")
 
 
 def check_contract(metadata: dict[str, Any], signatures: Any) -> None:

@@ -1,12 +1,15 @@
 """Service settings: command-line flags override VAE_* environment variables, which override defaults."""
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "mnist_vae" / "1"
+BUNDLED_MODEL_BASE_PATH = REPO_ROOT / "models" / "mnist_vae"
+BUNDLED_MODEL_DIR = BUNDLED_MODEL_BASE_PATH / "1"
+VersionPolicy = Literal["latest", "specific", "all"]
 
 
 class Settings(BaseSettings):
@@ -14,7 +17,20 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
-    model_dir: Path = Field(BUNDLED_MODEL_DIR, description="SavedModel dir with metadata.json.")
+    model_base_path: Path = Field(BUNDLED_MODEL_BASE_PATH, description="Folder of numbered version folders (TF "
+                                  "Serving layout), watched for new and removed versions.")
+    model_dir: Path | None = Field(None, description="One version folder, served alone and not watched (instead of "
+                                   "model_base_path).")
+    model_name: str | None = Field(None, description="Name the model is served under; default: its metadata's.")
+    model_version_policy: VersionPolicy = Field("latest", description="Versions served: the newest that loads, a "
+                                                "specific list (model_versions), or all.")
+    model_versions: Annotated[tuple[int, ...], NoDecode] = Field((), description="Versions served under the "
+                                                                 "`specific` policy, e.g. 1,2.")
+    model_config_file: Path | None = Field(None, description="JSON file read at every poll, overriding the policy: "
+                                           '{"model_version_policy": "specific", "model_versions": [1]}.')
+    model_poll_s: float = Field(2.0, ge=0, description="Seconds between scans of the base path; 0: never rescan.")
+    warm_up_threads: int = Field(3, ge=1, description="Signatures warmed up side by side when a version loads.")
+    model_drain_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a replaced version's requests.")
     log_level: str = Field("info", description="Python and uvicorn log level.")
     access_log: bool = Field(False, description="Log every request (costs throughput under load).")
     gpu_memory_growth: bool = Field(True, description="Let TensorFlow grow GPU memory instead of claiming the card.")
@@ -30,6 +46,23 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(256, gt=0, description="Most images merged into one model call; 1 turns batching off.")
     batch_max_delay_ms: float = Field(2.0, ge=0, description="Longest wait for company, from a batch's first item.")
     queue_max: int = Field(1024, gt=0, description="Requests waiting per signature before new ones get 503.")
+    queue_deadline_ms: float = Field(10_000, gt=0, description="A request that waited longer in the queue is answered "
+                                     "504, not computed.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
 
     playground: bool = Field(True, description="Serve the browser playground at / and /playground (false: 404).")
+
+    @model_validator(mode="after")
+    def _specific_needs_versions(self) -> "Settings":
+        if self.model_version_policy == "specific" and not self.model_versions:
+            raise ValueError("model_version_policy 'specific' needs model_versions (VAE_MODEL_VERSIONS, e.g. 1,2)")
+        return self
+
+    @field_validator("model_versions", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        """VAE_MODEL_VERSIONS=1,2 (or a JSON list, or a list in code)."""
+        if isinstance(value, str):
+            value = value.strip().strip("[]")
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value

@@ -127,11 +127,5 @@ async def _submit(serving: Serving, batcher, payload, size: int) -> dict[str, np
 
 
 def serving_for(request, version: str | None) -> Serving:
-    """The ready Serving for a protocol request naming `version` (None: the default).
-
-    Local adapter until `ready_serving(request, version)` lands (issue 10): then this body becomes
-    `return ready_serving(request, version)`."""
-    serving = ready_serving(request)
-    if version is not None and version != str(serving.model.version):
-        raise ProtocolError(404, f"model version {version} is not served (served: {serving.model.version})")
-    return serving
+    """The ready Serving for a protocol request naming `version` in its path (None: the default version)."""
+    return ready_serving(request, version)

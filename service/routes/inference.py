@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from service import schemas
-from service.deps import ready_serving
+from service.deps import cache_control, ready_serving
 from service.payloads import json_array, parse_json, read_body, read_images
 from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
 
@@ -69,7 +69,7 @@ async def samples(request: Request,
     # The ETag names everything the bytes depend on, so a cached seed is answered without calling the model.
     key = f"{serving.model.fingerprint}/{n}/{seed}/{output}/{'png' if wants_png(request, format) else 'json'}"
     headers = {"X-Seed": str(seed), "ETag": f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"', "Vary": "Accept",
-               "Cache-Control": "public, max-age=86400" if seeded else "no-store"}
+               "Cache-Control": cache_control(request, 86400) if seeded else "no-store"}
     if seeded and etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
     out = await serving.batchers.sample.submit((n, seed), n)

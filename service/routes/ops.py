@@ -1,10 +1,11 @@
-"""Operational routes: model metadata, liveness, readiness, Prometheus metrics."""
+"""Operational routes: model metadata, version status (TF Serving's format), liveness, readiness, Prometheus metrics."""
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
 from service.deps import not_ready, ready_serving
+from service.registry import UnknownModelError, status_document
 from service.responses import json_response
 
 router = APIRouter()
@@ -26,9 +27,31 @@ async def model_info(request: Request) -> Response:
     })
 
 
+@router.get("/v1/models/{name}", tags=["versions"])
+async def model_status(request: Request, name: str) -> Response:
+    """Every version of the model and its state (LOADING, AVAILABLE, UNLOADING, END), with the error of a refused
+    one: TF Serving's model status API."""
+    return status_response(request, name)
+
+
+@router.get("/v1/models/{name}/versions/{version}", tags=["versions"])
+async def model_version_status(request: Request, name: str, version: str) -> Response:
+    """One version's state and error, in TF Serving's format."""
+    if not version.isdigit():
+        return json_response({"error": f"version must be a positive integer, got {version!r}"}, status=400)
+    return status_response(request, name, int(version))
+
+
+def status_response(request: Request, name: str, version: int | None = None) -> Response:
+    try:
+        return json_response(status_document(request.app.state.registry, name, version))
+    except UnknownModelError as err:
+        return json_response({"error": str(err)}, status=404)
+
+
 @router.get("/healthz", tags=["ops"], responses={503: {"model": schemas.Problem}})
 async def healthz(request: Request) -> Response:
-    """Liveness: the process answers, and the model's warm-up has not failed (503 naming the error if it has)."""
+    """Liveness: the process answers, and it has not failed to serve any version at start (503 naming why)."""
     if request.app.state.failure:
         return json_response({"detail": request.app.state.failure}, status=503)
     return json_response({"status": "ok"})
@@ -36,8 +59,8 @@ async def healthz(request: Request) -> Response:
 
 @router.get("/readyz", tags=["ops"], responses={503: {"model": schemas.Problem}})
 async def readyz(request: Request) -> Response:
-    """Readiness: 200 once the model is loaded and every signature has been called once."""
-    if not request.app.state.ready:
+    """Readiness: 200 while at least one model version is available (loaded, checked, every signature warmed up)."""
+    if request.app.state.registry.routing.default is None:
         raise not_ready(request.app)
     return json_response({"status": "ready"})
 

@@ -8,7 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, QueueFullError, ShuttingDownError, bucket_sizes, shared, stacked
+from service.batching import (
+    Batcher,
+    DeadlineExceededError,
+    QueueFullError,
+    ShuttingDownError,
+    bucket_sizes,
+    shared,
+    stacked,
+)
 from service.metrics import Metrics
 
 
@@ -217,18 +225,57 @@ def test_stop_fails_queued_and_running_requests_at_once():
 
 def test_stop_while_the_model_thread_waits_for_company():
     async def scenario():
-        batcher = make(Recorder(), max_delay_s=2.0)
+        recorder = Recorder()
+        batcher = make(recorder, max_delay_s=2.0)
         batcher.start()
         request = asyncio.create_task(batcher.submit(1, 1))
         await asyncio.sleep(0)  # queued
         time.sleep(0.05)  # the model thread takes it and waits for a loop turn, which cannot run yet
         start = time.perf_counter()
         await batcher.stop(timeout_s=5)
-        return await request, time.perf_counter() - start, batcher._thread.is_alive()
+        outcome = await asyncio.gather(request, return_exceptions=True)
+        return outcome[0], recorder.calls, time.perf_counter() - start, batcher._thread.is_alive()
 
-    result, stop_s, alive = asyncio.run(scenario())
-    assert result == 10  # it was taken before stop(): computed, not lost
+    outcome, calls, stop_s, alive = asyncio.run(scenario())
+    assert isinstance(outcome, ShuttingDownError)  # unanswered at stop(): failed at once, from the loop's records
+    assert calls == []  # and not computed afterwards: the model thread skips requests already answered
     assert stop_s < 1 and not alive
+
+
+def test_stop_with_a_full_queue_ends_the_model_thread():
+    async def scenario():
+        batcher, recorder, first = await busy(queue_max=2)
+        queued = [asyncio.create_task(batcher.submit(i, 1)) for i in (1, 2)]
+        await asyncio.sleep(0)  # the queue is full: the stop sentinel has to wait for room
+        stopping = asyncio.create_task(batcher.stop(timeout_s=5))
+        await asyncio.sleep(0.05)
+        recorder.release.set()
+        await stopping
+        outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+        return outcomes, recorder.calls, batcher._thread.is_alive()
+
+    outcomes, calls, alive = asyncio.run(scenario())
+    assert all(isinstance(o, ShuttingDownError) for o in outcomes)
+    assert calls == [[0]] and not alive
+
+
+def test_request_past_the_queue_deadline_is_not_computed():
+    async def scenario():
+        batcher, recorder, first = await busy(deadline_s=0.05)
+        late = asyncio.create_task(batcher.submit(1, 1))
+        await asyncio.sleep(0.15)  # queued behind the held call, past the deadline
+        recorder.release.set()
+        outcomes = await asyncio.gather(first, late, return_exceptions=True)
+        fresh = await batcher.submit(2, 1)
+        await batcher.stop()
+        return outcomes, fresh, recorder.calls, batcher
+
+    (first, late), fresh, calls, batcher = asyncio.run(scenario())
+    assert first == 0 and fresh == 20
+    assert isinstance(late, DeadlineExceededError) and late.status_code == 504
+    assert late.detail == "test: waited in the queue longer than 50 ms; retry later"
+    assert calls == [[0], [2]]  # the late request never reached the model
+    assert batcher._metrics.expired.labels("test", "")._value.get() == 1
 
 
 def test_submit_after_stop_fails_at_once():
@@ -255,6 +302,7 @@ def test_failing_same_batch_does_not_end_the_model_thread():
     ({"max_size": 0}, "max size must be >= 1, got 0"),
     ({"max_delay_s": -1}, "max delay must be >= 0, got -1"),
     ({"queue_max": 0}, "queue max must be >= 1, got 0"),
+    ({"deadline_s": 0}, "queue deadline must be > 0, got 0"),
 ])
 def test_batcher_bad_settings_fail_at_build(options, message):
     with pytest.raises(ValueError, match=message):

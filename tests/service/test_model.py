@@ -82,3 +82,13 @@ def test_schema_2_model_without_score_signature_fails(broken_model_dir):
     path = broken_model_dir(lambda m: m.update(schema_version=2))
     with pytest.raises(ModelContractError, match=r"signatures \['score'\] are missing"):
         load_model(path, "/CPU:0")
+
+
+def test_warm_up_calls_every_signature_at_every_size_side_by_side(model_dir):
+    model = load_model(model_dir, "/CPU:0")
+    seen = []
+    for name in ("encode", "decode", "reconstruct"):
+        call = getattr(model, name)
+        setattr(model, name, lambda x, call=call, name=name: (seen.append((name, len(x))), call(x))[1])
+    model.warm_up([1, 3, 5], threads=3)
+    assert sorted(seen) == sorted((name, size) for name in ("encode", "decode", "reconstruct") for size in (1, 3, 5))

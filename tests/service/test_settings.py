@@ -7,14 +7,16 @@ import pytest
 from pydantic import ValidationError
 
 from service.__main__ import parse_settings
-from service.settings import BUNDLED_MODEL_DIR, REPO_ROOT, Settings
+from service.settings import BUNDLED_MODEL_BASE_PATH, REPO_ROOT, Settings
 
 
 def test_settings_defaults_point_at_bundled_model(monkeypatch):
-    for name in ("VAE_MODEL_DIR", "VAE_PORT", "VAE_BATCH_MAX_SIZE"):
+    for name in ("VAE_MODEL_DIR", "VAE_MODEL_BASE_PATH", "VAE_PORT", "VAE_BATCH_MAX_SIZE"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
-    assert settings.model_dir == BUNDLED_MODEL_DIR == REPO_ROOT / "models" / "mnist_vae" / "1"
+    assert settings.model_base_path == BUNDLED_MODEL_BASE_PATH == REPO_ROOT / "models" / "mnist_vae"
+    assert settings.model_dir is None
+    assert (settings.model_version_policy, settings.model_versions, settings.model_poll_s) == ("latest", (), 2.0)
     assert (settings.port, settings.batch_max_size, settings.batch_max_delay_ms) == (8000, 256, 2.0)
 
 
@@ -42,3 +44,29 @@ def test_settings_bad_value_fails_at_start(monkeypatch, name, value):
 def test_service_sets_the_gil_switch_interval(make_client):
     make_client(gil_switch_interval_ms=0.7)  # the default, 0.2, is already set by any other client
     assert sys.getswitchinterval() == pytest.approx(0.0007)
+
+
+def test_settings_versions_from_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("VAE_MODEL_VERSION_POLICY", "specific")
+    monkeypatch.setenv("VAE_MODEL_VERSIONS", "1, 3")
+    settings = Settings()
+    assert (settings.model_version_policy, settings.model_versions) == ("specific", (1, 3))
+    settings = parse_settings(["--model-base-path", "/models/mnist_vae", "--model-versions", "[2]",
+                               "--model-name", "digits", "--model-version-policy", "all"])
+    assert (settings.model_base_path, settings.model_versions, settings.model_name) == (
+        Path("/models/mnist_vae"), (2,), "digits")
+    assert settings.model_version_policy == "all"
+
+
+@pytest.mark.parametrize("name,value", [("VAE_MODEL_VERSION_POLICY", "newest"), ("VAE_MODEL_VERSIONS", "two")])
+def test_settings_bad_version_settings_fail_at_start(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("VAE_").lower()):
+        Settings()
+
+
+def test_settings_specific_policy_without_versions_fails_at_start(monkeypatch):
+    monkeypatch.setenv("VAE_MODEL_VERSION_POLICY", "specific")
+    monkeypatch.delenv("VAE_MODEL_VERSIONS", raising=False)
+    with pytest.raises(ValidationError, match="needs model_versions"):
+        Settings()

@@ -88,9 +88,17 @@ def test_samples_same_seed_gives_identical_bytes(client):
     assert first.content == second.content
     assert first.headers["etag"] == second.headers["etag"]
     assert first.headers["x-seed"] == "123"
-    assert "max-age" in first.headers["cache-control"]
+    # Without the version in the URL the next rollout may change the answer: revalidate (the ETag names the version).
+    assert first.headers["cache-control"] == "no-cache"
+    assert first.headers["x-model-version"] == "1"
     other = client.get("/v1/samples", params={"n": 9, "seed": 124, "format": "png"})
     assert other.headers["etag"] != first.headers["etag"]
+    pinned = client.get("/v1/samples", params={"n": 9, "seed": 123, "format": "png", "version": 1})
+    assert pinned.content == first.content and pinned.headers["etag"] == first.headers["etag"]
+    assert pinned.headers["cache-control"] == "public, max-age=86400, immutable"
+    revalidated = client.get("/v1/samples", params={"n": 9, "seed": 123, "format": "png"},
+                             headers={"if-none-match": first.headers["etag"]})
+    assert revalidated.status_code == 304 and revalidated.headers["x-model-version"] == "1"
 
 
 def test_samples_json_equals_signature_call(client, signatures):

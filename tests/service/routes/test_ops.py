@@ -33,7 +33,7 @@ def test_healthz_answers_ok(client):
 
 
 def test_failed_warm_up_makes_healthz_503(model_dir, monkeypatch):
-    def failing_warm_up(self, batch_sizes):
+    def failing_warm_up(self, batch_sizes, threads=1):
         raise RuntimeError("out of GPU memory")  # as a real warm-up can fail, after a successful load
 
     monkeypatch.setattr("service.model.VaeModel.warm_up", failing_warm_up)
@@ -44,9 +44,10 @@ def test_failed_warm_up_makes_healthz_503(model_dir, monkeypatch):
             assert time.monotonic() < deadline, "/healthz still 200 after the warm-up failed"
             time.sleep(0.02)
         assert health.status_code == 503
-        assert health.json()["detail"] == "warm-up failed: RuntimeError: out of GPU memory"
+        reason = "version 1: warm-up failed: RuntimeError: out of GPU memory"
+        assert health.json()["detail"] == reason
         ready = client.get("/readyz")
-        assert (ready.status_code, ready.json()["detail"]) == (503, "warm-up failed: RuntimeError: out of GPU memory")
+        assert (ready.status_code, ready.json()["detail"]) == (503, reason)
         assert failures == [1]  # python -m service ends the process here
 
 
@@ -74,9 +75,10 @@ def test_metrics_count_requests_and_batches(client, digits):
     assert response.status_code == 200
     text = response.text
     assert 'vae_http_requests_total{method="POST",route="/v1/encode",status="200"}' in text
-    assert 'vae_batch_size_images_count{signature="encode"}' in text
-    assert 'vae_model_inference_seconds_count{signature="encode"}' in text
-    assert 'vae_batch_queue_depth{signature="encode"}' in text
+    version = client.app.state.registry.routing.default.number
+    assert f'vae_batch_size_images_count{{signature="encode",version="{version}"}}' in text
+    assert f'vae_model_inference_seconds_count{{signature="encode",version="{version}"}}' in text
+    assert f'vae_batch_queue_depth{{signature="encode",version="{version}"}}' in text
     assert "vae_batch_queue_wait_seconds_bucket" in text
 
 
