@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from service.batching import Batchers, bucket_sizes
 from service.deps import Serving
 from service.errors import install_error_handlers
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
+from service.middleware import install_middleware
 from service.model import configure_device, load_model
 from service.routes import inference, ops
 from service.settings import Settings
@@ -79,6 +80,6 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
                   version="1", lifespan=lifespan, routes=[*inference.router.routes, *ops.router.routes])
     app.state.settings, app.state.metrics = settings, metrics
     app.state.serving, app.state.ready, app.state.failure = None, False, None
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_middleware(app, settings, metrics)
     install_error_handlers(app, settings.retry_after_s)
     return app

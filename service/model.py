@@ -10,13 +10,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from service.startup import ModelContractError, load_error
+
 log = logging.getLogger(__name__)
 
 SIGNATURES = ("encode", "decode", "sample", "reconstruct")
-
-
-class ModelContractError(RuntimeError):
-    """The model directory or its metadata does not match what the service needs."""
 
 
 def configure_device(gpu_memory_growth: bool, intra_op_threads: int = 0) -> str:
@@ -103,7 +101,10 @@ def load_model(model_dir: Path, device: str) -> VaeModel:
         metadata = json.loads(metadata_path.read_text())
     except json.JSONDecodeError as err:
         raise ModelContractError(f"{metadata_path} is not valid JSON: {err}") from err
-    root = tf.saved_model.load(str(model_dir))
+    try:
+        root = tf.saved_model.load(str(model_dir))
+    except Exception as err:  # TensorFlow's messages seldom say which file is wrong
+        raise ModelContractError(load_error(model_dir, err)) from err
     check_contract(metadata, root.signatures)
     log.info("loaded %s v%s from %s (latent size %d)", metadata["model_name"], metadata["model_version"], model_dir,
              metadata["latent_size"])

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import ImageError, grid_shape, load_image, mnist_normalize, to_png
+from service.images import DecodeLimits, ImageError, grid_shape, load_image, mnist_normalize, to_png
 
-OPTIONS = {"max_pixels": 25_000_000, "invert": None, "normalize": False}
+LIMITS = DecodeLimits(("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"), max_pixels=4_000_000, max_aspect=20)
+OPTIONS = {"limits": LIMITS, "invert": None, "normalize": False}
 
 
 def test_load_image_mnist_digit_unchanged(digit_pngs, digits):
@@ -58,8 +59,9 @@ def test_load_image_animated_gif_uses_first_frame(digit_pngs):
 
 
 def test_load_image_over_pixel_limit_is_413(encode_image):
-    with pytest.raises(ImageError, match="declares 200x200 pixels, over the limit of 1000") as err:
-        load_image(encode_image(np.zeros((200, 200), np.uint8)), "big.png", **(OPTIONS | {"max_pixels": 1000}))
+    small = DecodeLimits(("PNG",), max_pixels=1000, max_aspect=20)
+    with pytest.raises(ImageError, match=r"is 200x200 pixels, over the limit of 1000") as err:
+        load_image(encode_image(np.zeros((200, 200), np.uint8)), "big.png", **(OPTIONS | {"limits": small}))
     assert err.value.status == 413
 
 
