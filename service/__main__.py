@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from service.middleware import RequestIdFilter
+from service.logs import RequestIdFilter
 from service.settings import Settings
 from service.startup import bind_socket, load_error
 
@@ -77,11 +77,11 @@ def main() -> None:
         fail(str(err), err)
     failures: list[BaseException] = []
     server = uvicorn.Server(uvicorn_config(_startup_failures_to(failures, app), settings, log_config=None))
-    server.run(sockets=[sock])
-    if failures:
-        fail(load_error(settings.model_dir, failures[0]), failures[0])
-    if not server.started:
-        sys.exit(3)  # uvicorn's own start-up failure code
+    try:
+        server.run(sockets=[sock])
+    finally:  # uvicorn ends a failed start with sys.exit(3)
+        if failures:
+            fail(load_error(settings.model_dir, failures[0]), failures[0])
 
 
 def _startup_failures_to(failures: list[BaseException], app):

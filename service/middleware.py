@@ -10,7 +10,6 @@
   next request on it."""
 
 import asyncio
-import contextvars
 import logging
 import re
 import secrets
@@ -21,22 +20,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import ApiKeyAuth, load_api_keys
 from service.errors import RequestFailed, failed_response
+from service.logs import RequestIdFilter, request_id  # noqa: F401 (RequestIdFilter: re-exported)
 from service.metrics import CLIENT_GONE, Metrics, MetricsMiddleware
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 OPEN_CONNECTIONS = "vae.open_connections"  # scope["extensions"] key set by service.limits' protocol
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every log record ("-" outside a request); put it on the handlers."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
 
 
 class RequestGuard:

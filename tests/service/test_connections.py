@@ -28,7 +28,11 @@ def add_test_routes(app) -> None:
             raise
         return {"slept": True}
 
+    async def read(request: Request):  # stands for a standard-protocol route (their errors are {"error": ...})
+        return {"bytes": len(await request.body())}
+
     app.router.add_api_route("/test/boom", boom, methods=["POST"])
+    app.router.add_api_route("/v2/test/read", read, methods=["POST"])
     app.router.add_api_route("/test/slow", slow, methods=["GET"])
 
 
@@ -92,7 +96,7 @@ def test_idle_keep_alive_closed_after_keep_alive_timeout(server):
         assert time.monotonic() - start < 3
 
 
-@pytest.mark.parametrize("path,key", [("/v1/encode", "detail"), ("/v2/models/x/infer", "error")])
+@pytest.mark.parametrize("path,key", [("/v1/encode", "detail"), ("/v2/test/read", "error")])
 def test_short_body_gets_408_and_connection_closed(server, path, key):
     with connect(server) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -180,7 +184,7 @@ def test_request_id_echoed_or_generated(server):
 
 
 def test_request_id_in_log_lines(server, caplog):
-    from service.middleware import RequestIdFilter
+    from service.logs import RequestIdFilter
 
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(RequestIdFilter())
