@@ -43,7 +43,7 @@ def load_error(path: Path | str, exc: BaseException) -> str:
         return message if str(path) in message else f"{path}: {message}"
     if not (path / "variables").is_dir():
         return f"{path / 'variables'}: missing; the SavedModel's weights are kept there"
-    if type(exc).__module__.startswith(("tensorflow", "google.protobuf")):
+    if isinstance(exc, OSError) or type(exc).__module__.startswith(("tensorflow", "google.protobuf")):
         return f"{path}: TensorFlow cannot load this SavedModel: {message}"
     return f"{path}: {type(exc).__name__}: {message}"
 

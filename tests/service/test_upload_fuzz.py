@@ -89,8 +89,6 @@ def test_mutated_uploads_never_5xx(server):
                 outcomes[single.status_code] = outcomes.get(single.status_code, 0) + 1
                 if single.status_code != 200:
                     assert repr(case[1]) in single.json()["detail"], single.text
-                if case[0] in REJECTED and single.status_code != 200:
-                    assert "ValueError" not in single.text or case[1] in single.text
             assert client.get("/readyz").status_code == 200
     assert sum(outcomes.values()) == len(cases)
     assert outcomes.get(400, 0) > 500 and outcomes.get(200, 0) > 100, outcomes  # both outcomes well exercised
