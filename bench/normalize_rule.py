@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service import images  # noqa: E402
-from service.images import SIDE, load_image, looks_like_mnist, mnist_features, preprocess  # noqa: E402
+from service.images import SIDE, DecodeLimits, load_image, looks_like_mnist, mnist_features, preprocess  # noqa: E402
 from tests.service.drawing import draw_digit, drawn_digits, encoded  # noqa: E402
 
 PERCENTILES = [0, 0.1, 0.5, 1, 5, 50, 95, 99, 99.5, 99.9, 100]
@@ -62,7 +62,8 @@ def summary(images: list[np.ndarray], passed: list[bool]) -> dict:
 
 
 def upload(data: bytes, normalize: bool | None) -> tuple[np.ndarray, dict]:
-    return load_image(data, "bench", max_pixels=25_000_000, invert=None, normalize=normalize)
+    return load_image(data, "bench", limits=DecodeLimits(("PNG", "JPEG"), 25_000_000, 1000), invert=None,
+                      normalize=normalize)
 
 
 def png(pixels: np.ndarray, format: str = "PNG", **params) -> bytes:

@@ -1,19 +1,27 @@
-"""`python -m service`: serve the model with uvicorn (uvloop + httptools). Flags override VAE_* variables."""
+"""`python -m service`: serve the model with uvicorn (uvloop + httptools). Flags override VAE_* variables.
+
+A start-up fault (bad setting, port in use, bad model folder) ends the process with a non-zero exit and one line
+naming what is wrong; its traceback only at --log-level debug."""
 
 import argparse
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 from contract.tf_logs import quiet_tensorflow_logs
 
 quiet_tensorflow_logs()  # before TensorFlow's import (by service.main)
 
-import uvicorn  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-from service.main import create_app  # noqa: E402
+from service.logs import RequestIdFilter  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.startup import bind_socket, load_error  # noqa: E402
+
+log = logging.getLogger("service")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -35,14 +43,77 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**{key: value for key, value in vars(args).items() if value is not None})
 
 
+def configure_logging(level: str) -> None:
+    """One format for our lines and uvicorn's (uvicorn runs with log_config=None, so its loggers propagate here),
+    with the request ID of the request a line is about."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Our own line says why the start failed; uvicorn's would be a second, vaguer one.
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: record.getMessage() != "Application startup failed. Exiting.")
+
+
+def fail(message: str, exc: BaseException | None = None, code: int = 1) -> None:
+    log.error("%s", message)
+    if exc is not None:
+        log.debug("the start-up fault in full:", exc_info=exc)
+    sys.exit(code)
+
+
 def main() -> None:
-    settings = parse_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # A failed warm-up ends the process (uvicorn shuts down on SIGTERM and exits with it), so a restart policy
-    # (docker-compose's `restart: unless-stopped`) starts it again.
-    app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                log_level=settings.log_level, access_log=settings.access_log)
+    try:
+        settings = parse_settings()
+    except ValidationError as err:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        problems = "; ".join(f"VAE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        fail(f"invalid setting: {problems}", code=2)
+    configure_logging(settings.log_level)
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as err:
+        fail(f"cannot listen on {settings.host}:{settings.port}: {err.strerror or err}", err)
+    import uvicorn  # after the port check: importing TensorFlow takes seconds
+
+    from service.limits import uvicorn_config
+    from service.main import create_app
+
+    try:
+        # A failed warm-up ends the process (uvicorn shuts down on SIGTERM and exits with it), so a restart policy
+        # (docker-compose's `restart: unless-stopped`) starts it again.
+        app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    except Exception as err:  # e.g. an unreadable API key file
+        fail(str(err), err)
+    failures: list[BaseException] = []
+    server = uvicorn.Server(uvicorn_config(_startup_failures_to(failures, app), settings, log_config=None))
+    try:
+        server.run(sockets=[sock])
+    finally:  # uvicorn ends a failed start with sys.exit(3)
+        if failures:
+            fail(load_error(settings.model_dir or settings.model_base_path, failures[0]), failures[0])
+
+
+def _startup_failures_to(failures: list[BaseException], app):
+    """`app`, with an exception raised while it starts (loading the model) added to `failures` instead of going to
+    uvicorn, which would log its traceback (Starlette's lifespan sends it as the failure message)."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_quietly(message):
+            if message["type"] == "lifespan.startup.failed":
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        try:
+            await app(scope, receive, send_quietly)
+        except Exception as err:
+            failures.append(err)
+
+    return wrapped
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ BOX_SIDES = (16, 21)  # longest side of the ink's bounding box (MNIST: 17 to 20,
 MAX_BOX_OFFSET = 4.5  # distance of the box's centre from CENTRE, the larger of rows and columns (MNIST: 0 to 4.5)
 MAX_MASS_OFFSET = 1.0  # the same for the centre of mass (MNIST: at most 0.5 by construction; as JPEG up to 0.78)
 INK_FRACTION = (0.02, 0.4)  # share of ink pixels (MNIST: 0.043 to 0.361)
+WORK_SIDE = 1024  # uploads are shrunk to fit WORK_SIDE x WORK_SIDE right after decoding: 4 MB as float32 at most
 
 
 class ImageError(ValueError):
@@ -29,27 +31,85 @@ class ImageError(ValueError):
         self.status = status
 
 
-def load_image(data: bytes, name: str, *, max_pixels: int, invert: bool | None,
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an upload may be: its format (Pillow's names), its decoded size and its shape."""
+
+    formats: tuple[str, ...]
+    max_pixels: int
+    max_aspect: float
+
+
+def load_image(data: bytes, name: str, *, limits: DecodeLimits, invert: bool | None,
                normalize: bool | None) -> tuple[np.ndarray, dict[str, bool]]:
     """Decode one upload into a (28, 28) float32 array in [0, 1] and what was done to it (see `preprocess`)."""
+    gray = decode_gray(data, name, limits)
+    return preprocess(np.asarray(gray, np.float32) / 255.0, invert, normalize)
+
+
+def decode_gray(data: bytes, name: str, limits: DecodeLimits) -> Image.Image:
+    """The upload's first frame as 8-bit grayscale, its longer side at most WORK_SIDE.
+
+    Memory is bounded before anything is decoded: only the allowed formats' parsers see the bytes, the declared size
+    is checked (after a JPEG's draft, which decodes at 1/2 to 1/8 scale), and the decoded image is shrunk before any
+    copy (grayscale, alpha, arrays) is made. Every failure is an ImageError: Pillow's decoders raise many types
+    (ValueError, SyntaxError, struct.error, NotImplementedError, IndexError...) on malformed files."""
     if not data:
         raise ImageError(f"file {name!r} is empty")
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only: the size check below runs before decoding
+        image = Image.open(io.BytesIO(data), formats=limits.formats)  # reads the header only
     except Image.DecompressionBombError as err:
         raise ImageError(f"file {name!r} is a decompression bomb: {err}", 413) from None
-    except (UnidentifiedImageError, OSError):  # the error text only repeats this, naming a BytesIO object
-        raise ImageError(f"file {name!r} is not an image Pillow can read") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(f"file {name!r} declares {width}x{height} pixels, over the limit of {max_pixels}", 413)
+    except UnidentifiedImageError:  # the error text only repeats this, naming a BytesIO object
+        raise ImageError(_unidentified(data, name, limits.formats)) from None
+    except Exception as err:
+        raise ImageError(f"file {name!r} has a malformed {_sniff(data) or 'image'} header: {_describe(err)}") from None
+    kind = image.format or "image"
     try:
+        width, height = image.size
+        if min(width, height) < 1 or max(width, height) > limits.max_aspect * min(width, height):
+            raise ImageError(f"file {name!r} ({kind}) is {width}x{height} pixels: the longer side may be at most "
+                             f"{limits.max_aspect:g} times the shorter")
+        image.draft("L", (WORK_SIDE // 4, WORK_SIDE // 4))  # JPEG only: a 12 MP photo decodes at 1/8 scale
+        if image.width * image.height > limits.max_pixels:
+            raise ImageError(f"file {name!r} ({kind}) is {width}x{height} pixels, over the limit of "
+                             f"{limits.max_pixels} (VAE_MAX_IMAGE_PIXELS)", 413)
         image.seek(0)  # first frame of an animation
-        image.draft("L", (SIDE * 8, SIDE * 8))  # JPEG decodes at 1/2 to 1/8 scale: a 12 MP photo in ms, not 100s of ms
-        gray = _grayscale(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"file {name!r} could not be decoded: {err}") from None
-    return preprocess(np.asarray(gray, np.float32) / 255.0, invert, normalize)
+        image.load()
+        if max(image.size) > WORK_SIDE:
+            image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+        return _grayscale(image)
+    except ImageError:
+        raise
+    except Exception as err:  # MemoryError included: a size within the limits cannot need much
+        raise ImageError(f"file {name!r} ({kind}) could not be decoded: {_describe(err)}") from None
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format Pillow recognises from the first bytes, allowed or not (for a clearer message)."""
+    prefix = data[:16]
+    for format_id in Image.ID:
+        accept = Image.OPEN[format_id][1]
+        try:
+            if accept is not None and accept(prefix):
+                return format_id
+        except Exception:  # an accept function choking on a short prefix
+            continue
+    return None
+
+
+def _unidentified(data: bytes, name: str, formats: tuple[str, ...]) -> str:
+    accepted = ", ".join(formats)
+    sniffed = _sniff(data)
+    if sniffed is not None and sniffed not in formats:
+        return f"file {name!r} is a {sniffed} image; the accepted formats are {accepted} (VAE_IMAGE_FORMATS)"
+    if sniffed is not None:
+        return f"file {name!r} looks like {sniffed} but its header is malformed"
+    return f"file {name!r} is not an image in an accepted format ({accepted})"
 
 
 def _grayscale(image: Image.Image) -> Image.Image:

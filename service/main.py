@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from service.codecs.errors import install_protocol_error_handler
 from service.deps import VersionHeaderMiddleware
 from service.errors import install_error_handlers
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
+from service.middleware import install_middleware
 from service.model import configure_device
 from service.registry import Registry
 from service.routes import inference, ops, playground, tfserving, v2
@@ -56,11 +56,10 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     app.state.settings, app.state.metrics = settings, metrics
     app.state.ready, app.state.failure = False, None
     app.state.registry = registry = Registry(settings, metrics, app.state)
-    app.add_middleware(VersionHeaderMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(VersionHeaderMiddleware)  # innermost: ends the request's version lease when it answers
+    install_middleware(app, settings, metrics)
     app.openapi = lambda: _openapi_with_version_parameter(app)
     install_error_handlers(app, settings.retry_after_s)
-    install_protocol_error_handler(app)
     return app
 
 

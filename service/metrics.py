@@ -7,6 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CLIENT_GONE = "vae.client_gone"  # scope key set by RequestGuard: the client left before its answer
 
 
 class Metrics:
@@ -35,7 +36,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts requests by route template (not raw path, to bound label cardinality) and status, and times them."""
+    """Counts requests by route template (not raw path, to bound label cardinality) and status, and times them.
+    A client that went away before its answer counts as 499 (nginx's "client closed request")."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -57,6 +59,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            if scope.get(CLIENT_GONE):
+                status = 499
             route = scope.get("route")
             path = route.path if route is not None else "unmatched"
             method = scope["method"]

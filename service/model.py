@@ -12,11 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 import contract
+from service.startup import ModelContractError, load_error
 
 log = logging.getLogger(__name__)
-
-class ModelContractError(RuntimeError):
-    """The model directory or its metadata does not match what the service needs."""
 
 
 def configure_device(gpu_memory_growth: bool, intra_op_threads: int = 0) -> str:
@@ -135,7 +133,10 @@ def load_model(model_dir: Path, device: str, *, version: int | None = None, name
     given); raise ModelContractError if they differ."""
     model_dir = Path(model_dir)
     metadata = read_model_metadata(model_dir, version)
-    root = tf.saved_model.load(str(model_dir))
+    try:
+        root = tf.saved_model.load(str(model_dir))
+    except Exception as err:  # TensorFlow's messages seldom say which file is wrong
+        raise ModelContractError(load_error(model_dir, err)) from err
     check_contract(metadata, root.signatures)
     fingerprint = model_dir / "fingerprint.pb"
     log.info("loaded %s v%s from %s (latent size %d)", metadata["model_name"], metadata["model_version"], model_dir,

@@ -5,6 +5,7 @@ Big arrays are parsed with orjson and checked with numpy, not pydantic, to keep 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +16,24 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.images import SIDE, ImageError, load_image
+from service.images import SIDE, DecodeLimits, ImageError, load_image
 from service.settings import Settings
 
 _FLAG = TypeAdapter(bool)
+# Bodies larger than this are parsed in a decode thread: an 8 MB JSON body takes the event loop ~100 ms otherwise.
+_INLINE_JSON_BYTES = 64 * 1024
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as application/json (our /v1 routes; the standard protocols' routes follow
+    their clients' habits instead)."""
+    if media_type(request) != "application/json":
+        declared = request.headers.get("content-type")
+        raise HTTPException(415, f"send the body as application/json (Content-Type was {declared!r})")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -50,8 +65,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return document
 
 
-def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], max_items: int) -> np.ndarray:
-    """document[key] as float32 (N, *item_shape), checked for presence, shape, count and finiteness."""
+def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], max_items: int, *,
+               strict: bool = True) -> np.ndarray:
+    """document[key] as float32 (N, *item_shape), checked for presence, shape, count and finiteness. strict: the
+    values must be JSON numbers (numpy alone would read "0.5" and true as numbers)."""
     if key not in document:
         raise HTTPException(422, f"the JSON body has no {key!r} field")
     value = document[key]
@@ -60,14 +77,31 @@ def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], 
     if len(value) > max_items:
         raise HTTPException(422, f"{key!r} has {len(value)} items, the limit is {max_items}")
     try:
-        array = np.asarray(value, dtype=np.float32)
+        # Strict: numpy infers the type, so strings show as a string dtype and nulls as objects.
+        array = np.asarray(value) if strict else np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):  # OverflowError: an integer too large for a float
         raise HTTPException(422, f"{key!r} must be a list of arrays of numbers shaped {list(item_shape)}") from None
+    if strict:
+        kind = {"U": "strings", "b": "booleans"}.get(array.dtype.kind, "values that are not numbers")
+        if array.dtype.kind in "iuf" and _has_booleans(value):
+            kind = "booleans"
+        elif array.dtype.kind in "iuf":
+            kind = None
+        if kind is not None:
+            raise HTTPException(422, f"{key!r} holds {kind}; its values must be JSON numbers")
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
+            array = array.astype(np.float32, copy=False)
     if array.shape[1:] != item_shape:
         raise HTTPException(422, f"{key!r} items must have shape {list(item_shape)}, got {list(array.shape[1:])}")
     if not np.isfinite(array).all():
         raise HTTPException(422, f"{key!r} contains NaN or infinity")
     return array
+
+
+def _has_booleans(value: list) -> bool:
+    """Whether a nested list of numbers holds a JSON true or false (numpy promotes them to 1.0 and 0.0)."""
+    dumped = orjson.dumps(value)
+    return b"true" in dumped or b"false" in dumped
 
 
 def query_flag(request: Request, name: str, *, auto: bool = False) -> bool | None:
@@ -110,7 +144,8 @@ class ImageBatch:
 
 
 async def read_images(request: Request, settings: Settings, *, png: bool = False) -> ImageBatch:
-    """Images from multipart file uploads (any format Pillow reads) or JSON {"images": [28x28 arrays in [0, 1]]}.
+    """Images from multipart file uploads (PNG, JPEG, GIF, BMP, TIFF, WebP by default) or JSON
+    {"images": [28x28 arrays in [0, 1]]}.
 
     Uploads follow the query parameters invert and normalize (each auto, true or false; absent: auto, see
     service.images.preprocess). include_input=true asks for the model inputs in the answer, which a PNG answer
@@ -119,17 +154,50 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
     include_input = query_flag(request, "include_input") or False
     if include_input and png:
         raise HTTPException(422, "include_input=true needs a JSON answer (format=json): a PNG has no room for inputs")
+    kind = media_type(request)
+    if kind not in ("multipart/form-data", "application/json"):
+        declared = request.headers.get("content-type")
+        raise HTTPException(415, f"send images as multipart/form-data uploads or application/json arrays "
+                                 f"(Content-Type was {declared!r})")
     body = await read_body(request, settings.max_body_bytes)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if kind == "multipart/form-data":
         uploads = await _uploads(request, body, settings.max_images)
-        # Decoding can be slow for large photos: keep it off the event loop.
-        images, preprocessing = await asyncio.to_thread(_decode_uploads, uploads, settings, invert, normalize)
+        limits = DecodeLimits(settings.image_formats, settings.max_image_pixels, settings.max_image_aspect)
+        images, preprocessing = await off_loop(request, _decode_uploads, uploads, limits, invert, normalize)
     else:
-        images = json_array(parse_json(body), "images", (SIDE, SIDE), settings.max_images)
-        if images.min() < 0 or images.max() > 1:
-            raise HTTPException(422, f"'images' values must lie in [0, 1], got {images.min():g} to {images.max():g}")
+        if len(body) > _INLINE_JSON_BYTES:
+            images = await off_loop(request, _json_images, body, settings.max_images)
+        else:
+            images = _json_images(body, settings.max_images)
         preprocessing = [{"inverted": False, "normalized": False} for _ in range(len(images))]
     return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input)
+
+
+async def read_json(request: Request, settings: Settings) -> dict[str, Any]:
+    """The body of a /v1 JSON route: application/json, within the size limit, a JSON object."""
+    require_json(request)
+    body = await read_body(request, settings.max_body_bytes)
+    if len(body) > _INLINE_JSON_BYTES:
+        return await off_loop(request, parse_json, body)
+    return parse_json(body)
+
+
+async def off_loop(request: Request, fn, *args):
+    """fn(*args) in the app's decode threads (VAE_DECODE_THREADS of them): heavy uploads wait for a free thread
+    instead of all decoding at once, and the event loop keeps answering meanwhile. A thread, unlike a semaphore
+    around asyncio.to_thread, stays taken until its work really ends, even if the client gave up."""
+    state = request.app.state
+    pool = getattr(state, "decode_pool", None)
+    if pool is None:
+        pool = state.decode_pool = ThreadPoolExecutor(state.settings.decode_threads, thread_name_prefix="decode")
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _json_images(body: bytes, max_images: int) -> np.ndarray:
+    images = json_array(parse_json(body), "images", (SIDE, SIDE), max_images)
+    if images.min() < 0 or images.max() > 1:
+        raise HTTPException(422, f"'images' values must lie in [0, 1], got {images.min():g} to {images.max():g}")
+    return images
 
 
 async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple[str, bytes]]:
@@ -148,11 +216,10 @@ async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple
     return [(upload.filename or f"#{i}", await upload.read()) for i, upload in enumerate(files)]
 
 
-def _decode_uploads(uploads: list[tuple[str, bytes]], settings: Settings, invert: bool | None,
+def _decode_uploads(uploads: list[tuple[str, bytes]], limits: DecodeLimits, invert: bool | None,
                     normalize: bool | None) -> tuple[np.ndarray, list[dict[str, bool]]]:
     try:
-        loaded = [load_image(data, name, max_pixels=settings.max_image_pixels, invert=invert, normalize=normalize)
-                  for name, data in uploads]
+        loaded = [load_image(data, name, limits=limits, invert=invert, normalize=normalize) for name, data in uploads]
     except ImageError as err:
         raise HTTPException(err.status, str(err)) from None
     return np.stack([pixels for pixels, _ in loaded]), [done for _, done in loaded]

@@ -3,7 +3,8 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from PIL import Image
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,12 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
     max_images: int = Field(256, gt=0, description="Most images or latents in one request.")
-    max_image_pixels: int = Field(25_000_000, gt=0, description="Largest declared width*height of an upload.")
+    max_image_pixels: int = Field(4_000_000, gt=0, description="Largest width*height of an upload as decoded (a "
+                                  "JPEG after its 1/2-1/8 scale draft decode); 413 above.")
+    max_image_aspect: float = Field(20, ge=1, description="Largest ratio of an upload's long side to its short side.")
+    image_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"), description="Pillow formats accepted (comma-separated).")
+    decode_threads: int = Field(2, gt=0, description="Requests whose uploads are decoded at once (threads).")
     max_samples: int = Field(256, gt=0, description="Largest n for /v1/samples.")
 
     batch_max_size: int = Field(256, gt=0, description="Most images merged into one model call; 1 turns batching off.")
@@ -51,6 +57,28 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
 
     playground: bool = Field(True, description="Serve the browser playground at / and /playground (false: 404).")
+
+    header_timeout_s: float = Field(10, gt=0, description="Longest wait for a request's headers (connection closed).")
+    body_timeout_s: float = Field(30, gt=0, description="Longest wait for a request's body after its headers (408).")
+    keep_alive_s: float = Field(5, gt=0, description="Idle keep-alive connections are closed after this.")
+    max_connections: int = Field(1000, gt=0, description="Open connections; requests on more get 503.")
+
+    api_keys: SecretStr | None = Field(None, description="Comma-separated keys; when set (or api_keys_file), model "
+                                       "routes and /metrics need `Authorization: Bearer <key>`.")
+    api_keys_file: Path | None = Field(None, description="File with one API key per line (# comments allowed).")
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name for name in value.split(",") if name.strip()]
+        if isinstance(value, list | tuple):
+            value = tuple(str(name).strip().upper() for name in value)
+            Image.init()  # Pillow's registry of the formats it reads
+            unknown = [name for name in value if name not in Image.OPEN]
+            if unknown or not value:
+                raise ValueError(f"unknown image formats {unknown}; Pillow reads {sorted(Image.OPEN)}")
+        return value
 
     @model_validator(mode="after")
     def _specific_needs_versions(self) -> "Settings":

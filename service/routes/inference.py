@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from service import schemas
 from service.deps import cache_control, ready_serving
-from service.payloads import json_array, parse_json, read_body, read_images
+from service.payloads import json_array, read_images, read_json
 from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
 
 router = APIRouter(prefix="/v1", tags=["model"])
@@ -35,7 +35,7 @@ async def encode(request: Request) -> Response:
 async def decode(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Decode latent vectors into digits, as a PNG (grid) or JSON arrays."""
     serving = ready_serving(request)
-    document = parse_json(await read_body(request, serving.settings.max_body_bytes))
+    document = await read_json(request, serving.settings)
     output = check_output(document.get("output") or output)
     latents = json_array(document, "latents", (serving.model.latent_size,), serving.settings.max_images)
     out = await serving.batchers.decode.submit(latents, len(latents))

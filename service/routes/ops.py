@@ -9,7 +9,16 @@ from service.registry import UnknownModelError, status_document
 from service.responses import json_response
 
 router = APIRouter()
-METADATA_KEYS = ("signatures", "default_signature", "training", "metrics", "versions", "git_commit", "created_at")
+METADATA_KEYS = ("signatures", "default_signature", "metrics", "versions", "git_commit", "created_at")
+# Training settings that are paths on the machine that trained the model: no use to a client, and not to publish.
+LOCAL_PATH_KEYS = ("data_dir", "checkpoint", "run_dir", "checkpoint_dir", "log_dir", "output_dir")
+
+
+def _public_training(training: dict | None) -> dict | None:
+    if not isinstance(training, dict):
+        return training
+    return {key: value for key, value in training.items()
+            if key not in LOCAL_PATH_KEYS and not key.endswith(("_dir", "_path", "_file"))}
 
 
 @router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": schemas.Problem}})
@@ -22,6 +31,7 @@ async def model_info(request: Request) -> Response:
         "name": model.name, "version": model.version, "latent_size": model.latent_size,
         "image_shape": meta["image_shape"], "device": model.device,
         **{key: meta.get(key) for key in METADATA_KEYS},
+        "training": _public_training(meta.get("training")),
         "batching": {"max_size": settings.batch_max_size, "max_delay_ms": settings.batch_max_delay_ms,
                      "queue_max": settings.queue_max},
     })

@@ -108,3 +108,61 @@ def files(*payloads: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
 def as_files() -> Callable[..., list]:
     """Multipart `files` fields for TestClient/httpx, one per payload."""
     return files
+
+
+class LiveServer:
+    """The app served by a real uvicorn (the config `python -m service` uses) in a thread, on a free port."""
+
+    def __init__(self, app, settings: Settings):
+        import threading
+
+        import uvicorn
+
+        from service.limits import uvicorn_config
+        from service.startup import bind_socket
+
+        self.app = app
+        self.socket = bind_socket("127.0.0.1", 0)
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, settings, log_config=None))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.thread.is_alive(), "the server thread ended"
+            assert time.monotonic() < deadline, "not ready after 120 s"
+            try:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def live_server(model_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Started uvicorn servers for settings overrides, one per distinct override set, shared by the session.
+    `prepare(app)` may add routes before the server starts (only on the first call for an override set)."""
+    with ExitStack() as stack:
+        servers: dict[tuple, LiveServer] = {}
+
+        def make(prepare: Callable | None = None, **overrides) -> LiveServer:
+            key = tuple(sorted(overrides.items()))
+            if key not in servers:
+                settings = Settings(model_dir=model_dir, **overrides)
+                app = create_app(settings)
+                if prepare is not None:
+                    prepare(app)
+                servers[key] = stack.enter_context(LiveServer(app, settings))
+            return servers[key]
+
+        yield make

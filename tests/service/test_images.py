@@ -8,6 +8,7 @@ from PIL import Image
 
 from service.images import (
     CENTRE,
+    DecodeLimits,
     ImageError,
     grid_shape,
     load_image,
@@ -19,7 +20,8 @@ from service.images import (
 )
 from tests.service.drawing import draw_digit, encoded
 
-OPTIONS = {"max_pixels": 25_000_000, "invert": None, "normalize": None}
+LIMITS = DecodeLimits(("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"), max_pixels=4_000_000, max_aspect=20)
+OPTIONS = {"limits": LIMITS, "invert": None, "normalize": None}
 
 
 def pixels_of(data: bytes, **options) -> np.ndarray:
@@ -132,8 +134,9 @@ def test_load_image_animated_gif_uses_first_frame(digit_pngs):
 
 
 def test_load_image_over_pixel_limit_is_413(encode_image):
-    with pytest.raises(ImageError, match="declares 200x200 pixels, over the limit of 1000") as err:
-        load_image(encode_image(np.zeros((200, 200), np.uint8)), "big.png", **(OPTIONS | {"max_pixels": 1000}))
+    small = DecodeLimits(("PNG",), max_pixels=1000, max_aspect=20)
+    with pytest.raises(ImageError, match=r"is 200x200 pixels, over the limit of 1000") as err:
+        load_image(encode_image(np.zeros((200, 200), np.uint8)), "big.png", **(OPTIONS | {"limits": small}))
     assert err.value.status == 413
 
 

@@ -1,0 +1,172 @@
+"""RequestGuard: what every request gets around its route, whatever its protocol.
+
+- a request ID (X-Request-ID: the client's if sane, else a new one) on the response and in every log line about it;
+- the cap on open connections (503), the body size (413) and the body time (408) limits, answered in the path's
+  protocol's error shape with `Connection: close`;
+- client disconnects: the handler's await is cancelled (work not started yet is dropped: the batcher skips cancelled
+  futures), one log line, no response; MetricsMiddleware counts them as 499;
+- any other error: one log line with its traceback and a well-formed JSON 500 with `Connection: close`. Starlette's
+  ServerErrorMiddleware would answer too, but then re-raise, and uvicorn would close the socket under the client's
+  next request on it."""
+
+import asyncio
+import logging
+import re
+import secrets
+
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import ApiKeyAuth, load_api_keys
+from service.errors import RequestFailed, failed_response
+from service.logs import RequestIdFilter, request_id  # noqa: F401 (RequestIdFilter: re-exported)
+from service.metrics import CLIENT_GONE, Metrics, MetricsMiddleware
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+OPEN_CONNECTIONS = "vae.open_connections"  # scope["extensions"] key set by service.limits' protocol
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, max_connections: int,
+                 retry_after_s: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        request_id.set(rid)  # this request's task has its own context: the value ends with it
+        exchange = _Exchange(scope, receive, send, rid, self)
+        try:
+            self._check_limits(scope)
+            await self.app(scope, exchange.receive, exchange.send)
+        except RequestFailed as failed:
+            log.info("%d on %s %s: %s", failed.status_code, scope["method"], scope["path"], failed.detail)
+            await exchange.answer(failed)
+        except (ClientDisconnect, asyncio.CancelledError):
+            if not exchange.disconnected:
+                raise  # a server shutdown, not the client
+            if (task := asyncio.current_task()).cancelling():
+                task.uncancel()
+            log.info("client disconnected from %s %s", scope["method"], scope["path"])
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await exchange.answer(RequestFailed(500, "internal error; the X-Request-ID header names it in the log"))
+        finally:
+            exchange.close()
+            if exchange.disconnected:
+                scope[CLIENT_GONE] = True
+
+    def _check_limits(self, scope: Scope) -> None:
+        connections = scope.get("extensions", {}).get(OPEN_CONNECTIONS)
+        if connections is not None and connections > self.max_connections:
+            raise RequestFailed(503, f"the server has {connections} open connections, over its limit of "
+                                     f"{self.max_connections}; retry later", {"Retry-After": str(self.retry_after_s)})
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                raise RequestFailed(413, f"request body is {int(value)} bytes, the limit is {self.max_body_bytes}")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _SANE_ID.fullmatch(value):
+            return value.decode("ascii")
+    return secrets.token_hex(8)
+
+
+class _Exchange:
+    """One request's receive and send, wrapped: body deadline and size, disconnect watch, response tracking."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, rid: str, guard: RequestGuard):
+        self.scope, self._receive, self._send = scope, receive, send
+        self._rid_header = (b"x-request-id", rid.encode("ascii"))
+        self._guard = guard
+        self._deadline = asyncio.get_running_loop().time() + guard.body_timeout_s
+        self._received = 0
+        self.disconnected = self.started = self.finishing = False
+        self._handler = asyncio.current_task()
+        self._watcher: asyncio.Task | None = None
+        self._gone = asyncio.Event()
+        self._empty_body_unread = not _has_body(scope)
+        if self._empty_body_unread:  # nothing to read: watch for a disconnect at once
+            self._watch()
+
+    async def receive(self) -> Message:
+        if self._watcher is not None:  # the body is read: only a disconnect can come
+            if self._empty_body_unread:
+                self._empty_body_unread = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await self._gone.wait()
+            return {"type": "http.disconnect"}
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            raise RequestFailed(408, f"the request body did not arrive within {self._guard.body_timeout_s:g} s "
+                                     f"(VAE_BODY_TIMEOUT_S)") from None
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        elif message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._guard.max_body_bytes:
+                raise RequestFailed(413, f"request body is over the limit of {self._guard.max_body_bytes} bytes")
+            if not message.get("more_body", False):
+                self._watch()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message = {**message, "headers": [*message.get("headers", ()), self._rid_header]}
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finishing = True  # from here a "disconnect" is the end of the exchange, not the client leaving
+        await self._send(message)
+
+    async def answer(self, failed: RequestFailed) -> None:
+        if self.started:  # too late for a status: uvicorn closes the connection when the app returns
+            log.error("could not answer %d: the response had started", failed.status_code)
+            return
+        await failed_response(self.scope["path"], failed)(self.scope, self.receive, self.send)
+
+    def _watch(self) -> None:
+        """Once the body is read, the only message left is http.disconnect: wait for it and cancel the handler."""
+        self._watcher = asyncio.get_running_loop().create_task(self._wait_for_disconnect())
+
+    async def _wait_for_disconnect(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass  # a body-less request's empty body: the app gets its own copy from receive()
+        self._gone.set()
+        if not self.finishing:
+            self.disconnected = True
+            self._handler.cancel()
+
+    def close(self) -> None:
+        self.finishing = True
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return True
+    return False
+
+
+def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Outermost first: metrics (so they count every answer, 401s and 503s included), the guard, access control."""
+    keys = load_api_keys(settings)
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
+                       max_connections=settings.max_connections, retry_after_s=settings.retry_after_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)

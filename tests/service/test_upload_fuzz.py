@@ -1,0 +1,111 @@
+"""Seeded mutation fuzz of image uploads through real HTTP (uvicorn): no mutated file may get a 5xx, every file's
+outcome is checked, and the service keeps serving. Files go 8 to a multipart request over one keep-alive
+connection, so 2,000+ files fit in well under a minute; a 4xx request is then retried file by file so that each
+file's own outcome is known."""
+
+import io
+import random
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ACCEPTED = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+REJECTED = ["PPM", "XBM", "SGI", "EPS", "IM", "DDS", "PCX", "TGA", "ICO"]
+FILES_PER_FORMAT = 150  # 15 formats x 150 = 2,250 mutated files
+PER_REQUEST = 8
+
+
+def seed_image(format: str) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((28, 28)) * 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if format in ("XBM",):
+        image = image.convert("1")
+    elif format in ("EPS", "ICO", "TGA", "SGI", "PCX", "DDS"):
+        image = image.convert("RGB" if format in ("EPS", "DDS") else "L")
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """Flip, overwrite, insert, delete or truncate: more often near the start, where the headers are."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        head = min(len(data), 64) if rng.random() < 0.7 else len(data)
+        at = rng.randrange(max(head, 1))
+        choice = rng.random()
+        if choice < 0.35 and data:
+            data[at % len(data)] ^= 1 << rng.randrange(8)
+        elif choice < 0.55 and data:
+            data[at % len(data)] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+        elif choice < 0.7:
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif choice < 0.85:
+            del data[at:at + rng.randint(1, 16)]
+        else:
+            data = data[:rng.randrange(len(data) + 1)]
+    return bytes(data)
+
+
+def fuzz_cases() -> list[tuple[str, str, bytes]]:
+    rng = random.Random(20261203)
+    cases = []
+    for format in ACCEPTED + REJECTED:
+        seed = seed_image(format)
+        cases += [(format, f"{format.lower()}-{i}", mutate(seed, rng)) for i in range(FILES_PER_FORMAT)]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def server(live_server):
+    return live_server()
+
+
+def post(client: httpx.Client, batch: list[tuple[str, str, bytes]]) -> httpx.Response:
+    files = [("files", (name, data, "application/octet-stream")) for _, name, data in batch]
+    return client.post("/v1/encode", files=files)
+
+
+def test_mutated_uploads_never_5xx(server):
+    cases = fuzz_cases()
+    assert len(cases) >= 2000
+    outcomes: dict[int, int] = {}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for start in range(0, len(cases), PER_REQUEST):
+            batch = cases[start:start + PER_REQUEST]
+            response = post(client, batch)
+            assert response.status_code < 500, (batch[0][1], response.text)
+            if response.status_code == 200:
+                assert len(response.json()["mean"]) == len(batch)
+                outcomes[200] = outcomes.get(200, 0) + len(batch)
+                continue
+            assert response.status_code in (400, 413), response.text
+            for case in batch:  # which files were bad, and is each answer a clear 4xx naming its file?
+                single = post(client, [case])
+                assert single.status_code in (200, 400, 413), (case[1], single.text)
+                outcomes[single.status_code] = outcomes.get(single.status_code, 0) + 1
+                if single.status_code != 200:
+                    assert repr(case[1]) in single.json()["detail"], single.text
+            assert client.get("/readyz").status_code == 200
+    assert sum(outcomes.values()) == len(cases)
+    assert outcomes.get(400, 0) > 500 and outcomes.get(200, 0) > 100, outcomes  # both outcomes well exercised
+
+
+@pytest.mark.parametrize("format", REJECTED)
+def test_valid_files_in_rejected_formats_named(server, format):
+    response = httpx.post(f"{server.url}/v1/encode", files={"files": ("x", seed_image(format), "image/x")})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert "accepted formats are PNG, JPEG, GIF, BMP, TIFF, WEBP" in detail or "not an image" in detail
+
+
+def test_issue_example_ppm_is_400_and_connection_kept(server):
+    bad = b"P5\n2@ 28\n255\n" + b"\x00" * 784
+    with httpx.Client(base_url=server.url) as client:
+        response = client.post("/v1/encode", files={"files": ("bad.ppm", bad, "image/x-portable-graymap")})
+        assert response.status_code == 400 and "PPM" in response.json()["detail"]
+        assert response.headers.get("connection") != "close"
+        assert client.get("/readyz").status_code == 200  # same keep-alive connection
