@@ -149,16 +149,24 @@ def test_docker_stop_finishes_requests_in_flight(api):
     one = time.monotonic() - one
     done: list[tuple[int, float]] = []
     lock = threading.Lock()
+    client = httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=n_requests))
 
     def fetch(seed: int) -> None:
-        response = httpx.get(f"{url}/v1/samples", params={"n": n_images, "seed": seed + 1, "format": "png"},
-                             timeout=120)
+        response = client.get("/v1/samples", params={"n": n_images, "seed": seed + 1, "format": "png"})
         with lock:
             done.append((response.status_code, time.monotonic()))
 
-    with ThreadPoolExecutor(n_requests) as pool:
+    def all_in_the_server() -> bool:
+        """Every request answered, computing (one sample call at a time), held back by the batcher as the start of
+        the next call (its carry), or waiting in the sample queue."""
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        queued = sum(float(v) for v in re.findall(r'^vae_batch_queue_depth\{[^}]*signature="sample"[^}]*\} (\S+)',
+                                                   text, re.MULTILINE))
+        return queued + len(done) >= n_requests - 2
+
+    with client, ThreadPoolExecutor(n_requests) as pool:
         futures = [pool.submit(fetch, seed) for seed in range(n_requests)]
-        time.sleep(0.5)  # all sent and read by the server (the event loop parses while the model computes)
+        wait_for(all_in_the_server, 30, "all requests received by the server", interval_s=0.05)
         stopped_at = time.monotonic()
         in_flight = n_requests - len(done)
         docker("stop", "-t", "60", name, timeout=90)
