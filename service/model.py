@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+import contract
+
 log = logging.getLogger(__name__)
-
-SIGNATURES = ("encode", "decode", "sample", "reconstruct")
-
 
 class ModelContractError(RuntimeError):
     """The model directory or its metadata does not match what the service needs."""
@@ -94,15 +93,13 @@ def _numpy(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
 def load_model(model_dir: Path, device: str) -> VaeModel:
     """Load the SavedModel and check metadata.json against its signatures; raise ModelContractError if they differ."""
     model_dir = Path(model_dir)
-    metadata_path = model_dir / "metadata.json"
-    if not (model_dir / "saved_model.pb").is_file():
-        raise ModelContractError(f"no SavedModel at {model_dir} (no saved_model.pb); set --model-dir or VAE_MODEL_DIR")
-    if not metadata_path.is_file():
-        raise ModelContractError(f"{metadata_path} is missing; the service needs the metadata written at export")
+    if not (model_dir / contract.SAVED_MODEL_FILE).is_file():
+        raise ModelContractError(f"no SavedModel at {model_dir} (no {contract.SAVED_MODEL_FILE}); set --model-dir or "
+                                 "VAE_MODEL_DIR")
     try:
-        metadata = json.loads(metadata_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelContractError(f"{metadata_path} is not valid JSON: {err}") from err
+        metadata = contract.read_metadata(model_dir)
+    except contract.MetadataError as err:
+        raise ModelContractError(f"{err}; the service needs the metadata written at export") from None
     root = tf.saved_model.load(str(model_dir))
     check_contract(metadata, root.signatures)
     log.info("loaded %s v%s from %s (latent size %d)", metadata["model_name"], metadata["model_version"], model_dir,
@@ -113,9 +110,10 @@ def load_model(model_dir: Path, device: str) -> VaeModel:
 def check_contract(metadata: dict[str, Any], signatures: Any) -> None:
     """Fail with a message naming both values when metadata.json and the loaded signatures disagree."""
     problems = []
-    if metadata.get("schema_version") != 1:
-        problems.append(f"schema_version is {metadata.get('schema_version')!r}, the service reads version 1")
-    missing = [name for name in SIGNATURES if name not in signatures]
+    if metadata.get("schema_version") not in contract.READABLE_SCHEMA_VERSIONS:
+        problems.append(f"schema_version is {metadata.get('schema_version')!r}, the service reads "
+                        f"{list(contract.READABLE_SCHEMA_VERSIONS)}")
+    missing = [name for name in contract.signatures_for(metadata.get("schema_version", 1)) if name not in signatures]
     if missing:
         problems.append(f"signatures {missing} are missing (the model has {sorted(signatures.keys())})")
     for key in ("model_name", "model_version", "latent_size", "image_shape"):

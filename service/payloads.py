@@ -5,6 +5,7 @@ Big arrays are parsed with orjson and checked with numpy, not pydantic, to keep 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,36 +70,66 @@ def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], 
     return array
 
 
-def query_flag(request: Request, name: str) -> bool | None:
-    """A boolean query parameter (parsed as FastAPI would: true/false, 1/0, yes/no, on/off), None when absent.
+def query_flag(request: Request, name: str, *, auto: bool = False) -> bool | None:
+    """A boolean query parameter (parsed as FastAPI would: true/false, 1/0, yes/no, on/off), None when absent, and
+    with `auto`, None for the value auto too.
 
     Read here rather than declared on the route: FastAPI's parameter handling cost about 10 us per declared
     parameter per request, an eighth of the event loop's time per encode request under load."""
     value = request.query_params.get(name)
-    if value is None:
+    if value is None or (auto and value.lower() == "auto"):
         return None
     try:
         return _FLAG.validate_python(value)
     except ValidationError:
-        detail = f"query.{name}: must be a boolean (true/false, 1/0, yes/no, on/off), got {value!r}"
+        accepted = "auto or a boolean" if auto else "a boolean"
+        detail = f"query.{name}: must be {accepted} (true/false, 1/0, yes/no, on/off), got {value!r}"
         raise HTTPException(422, detail) from None
 
 
-async def read_images(request: Request, settings: Settings) -> np.ndarray:
-    """Images from multipart file uploads (any format Pillow reads) or JSON {"images": [28x28 arrays in [0, 1]]},
-    as float32 (N, 28, 28, 1). Uploads follow the query parameters invert (absent: when the background is light)
-    and normalize (default false)."""
-    invert, normalize = query_flag(request, "invert"), query_flag(request, "normalize") or False
+@dataclass(frozen=True)
+class ImageBatch:
+    """The images a route feeds the model, (N, 28, 28, 1) float32 in [0, 1], and per image what preprocessing did
+    ({"inverted": bool, "normalized": bool}; both false for JSON arrays, which are model inputs as they are)."""
+
+    images: np.ndarray
+    preprocessing: list[dict[str, bool]]
+    include_input: bool = False  # the query parameter include_input: answer with the images too
+
+    def response_fields(self) -> dict[str, Any]:
+        """The fields every image route's JSON answer carries: `preprocessing`, and `inputs` (N, 28, 28) (exactly
+        what the model saw) when the request asked for them."""
+        if self.include_input:
+            return {"preprocessing": self.preprocessing, "inputs": self.images.reshape(self.images.shape[:3])}
+        return {"preprocessing": self.preprocessing}
+
+    def png_headers(self) -> dict[str, str]:
+        """For a PNG answer, which has no room for fields: X-Preprocessing, the `preprocessing` list as compact JSON
+        (about 38 bytes per image)."""
+        return {"X-Preprocessing": orjson.dumps(self.preprocessing).decode()}
+
+
+async def read_images(request: Request, settings: Settings, *, png: bool = False) -> ImageBatch:
+    """Images from multipart file uploads (any format Pillow reads) or JSON {"images": [28x28 arrays in [0, 1]]}.
+
+    Uploads follow the query parameters invert and normalize (each auto, true or false; absent: auto, see
+    service.images.preprocess). include_input=true asks for the model inputs in the answer, which a PNG answer
+    (`png`) has no room for: refused with 422 before any work is done."""
+    invert, normalize = query_flag(request, "invert", auto=True), query_flag(request, "normalize", auto=True)
+    include_input = query_flag(request, "include_input") or False
+    if include_input and png:
+        raise HTTPException(422, "include_input=true needs a JSON answer (format=json): a PNG has no room for inputs")
     body = await read_body(request, settings.max_body_bytes)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         uploads = await _uploads(request, body, settings.max_images)
         # Decoding can be slow for large photos: keep it off the event loop.
-        images = await asyncio.to_thread(_decode_uploads, uploads, settings, invert, normalize)
+        images, preprocessing = await asyncio.to_thread(_decode_uploads, uploads, settings, invert, normalize)
     else:
         images = json_array(parse_json(body), "images", (SIDE, SIDE), settings.max_images)
         if images.min() < 0 or images.max() > 1:
             raise HTTPException(422, f"'images' values must lie in [0, 1], got {images.min():g} to {images.max():g}")
-    return images.reshape(len(images), SIDE, SIDE, 1)
+        preprocessing = [{"inverted": False, "normalized": False} for _ in range(len(images))]
+    return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input)
 
 
 async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple[str, bytes]]:
@@ -118,9 +149,10 @@ async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple
 
 
 def _decode_uploads(uploads: list[tuple[str, bytes]], settings: Settings, invert: bool | None,
-                    normalize: bool) -> np.ndarray:
+                    normalize: bool | None) -> tuple[np.ndarray, list[dict[str, bool]]]:
     try:
-        return np.stack([load_image(data, name, max_pixels=settings.max_image_pixels, invert=invert,
-                                    normalize=normalize) for name, data in uploads])
+        loaded = [load_image(data, name, max_pixels=settings.max_image_pixels, invert=invert, normalize=normalize)
+                  for name, data in uploads]
     except ImageError as err:
         raise HTTPException(err.status, str(err)) from None
+    return np.stack([pixels for pixels, _ in loaded]), [done for _, done in loaded]

@@ -21,7 +21,22 @@ class LatentsBody(BaseModel):
                                                  "overrides the query parameter.", examples=["mode"])
 
 
-class Encoded(BaseModel):
+class Preprocessing(BaseModel):
+    inverted: bool = Field(description="The upload was inverted (a light background: dark ink on light paper).")
+    normalized: bool = Field(description="The upload was MNIST-normalised (cropped, fitted into 20x20, centred).")
+
+
+class ImageInputs(BaseModel):
+    """What every route that reads images answers with, next to its own fields."""
+
+    preprocessing: list[Preprocessing] = Field(
+        description="(B) what was done to each image; both false for JSON arrays, which are used as given.",
+        examples=[[{"inverted": True, "normalized": True}]])
+    inputs: list[list[list[float]]] | None = Field(
+        None, description="(B, 28, 28) the model's inputs after preprocessing: only with include_input=true.")
+
+
+class Encoded(ImageInputs):
     model: str = Field(examples=["mnist_vae"])
     version: int = Field(examples=[1])
     mean: list[list[float]] = Field(description="(B, d) posterior means.", examples=[[LATENT_EXAMPLE]])
@@ -36,7 +51,7 @@ class Decoded(BaseModel):
     images: list[list[list[float]]] = Field(description="(B, 28, 28) decoder modes or probabilities.")
 
 
-class Reconstructed(Decoded):
+class Reconstructed(Decoded, ImageInputs):
     mean: list[list[float]] = Field(description="(B, d) posterior means the images were decoded from.")
 
 
@@ -76,14 +91,26 @@ MULTIPART_IMAGES = {
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"},
                      "description": "One 28x28 image, or a grid of ceil(sqrt(B)) columns for several."}}
 ERRORS = {status: {"model": Problem} for status in (400, 413, 422, 503)}
+PREPROCESSING_HEADER = {"X-Preprocessing": {
+    "description": "With a PNG answer: the JSON answer's `preprocessing` list as compact JSON, "
+                   'e.g. [{"inverted":true,"normalized":true}].',
+    "schema": {"type": "string"}}}
 
 
+AUTO_OR_BOOLEAN = {"type": "string", "enum": ["auto", "true", "false"], "default": "auto"}
 UPLOAD_OPTIONS = [
-    {"name": "invert", "in": "query", "required": False, "schema": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
-     "description": "Invert uploads; absent: when the background is light."},
-    {"name": "normalize", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
-     "description": "MNIST-style: crop to the digit, fit 20x20, centre of mass at the centre of 28x28. For uploads "
-                    "drawn or photographed by hand."},
+    {"name": "invert", "in": "query", "required": False, "schema": AUTO_OR_BOOLEAN,
+     "description": "Invert uploads (dark ink on light paper becomes the white-on-black digit the model knows). "
+                    "auto: when the outermost ring of pixels is light (mean above 0.5)."},
+    {"name": "normalize", "in": "query", "required": False, "schema": AUTO_OR_BOOLEAN,
+     "description": "MNIST's own preprocessing: crop to the digit, fit it into 20x20, put its centre of mass at the "
+                    "centre of 28x28. false: only fit the whole image into 28x28. auto: normalise every upload "
+                    "except a 28x28 one that already looks like an MNIST digit (dark background, a digit box of "
+                    "16-21 pixels centred within 4.5, centre of mass within 1 pixel of MNIST's, 2-40% ink), which "
+                    "passes through untouched: all 10,000 MNIST test digits do. JSON arrays are never preprocessed."},
+    {"name": "include_input", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+     "description": "Also answer with `inputs`: each image exactly as the model saw it, 28x28 in [0, 1] after "
+                    "preprocessing (JSON answers only)."},
 ]
 
 

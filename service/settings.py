@@ -31,3 +31,5 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = Field(2.0, ge=0, description="Longest wait for company, from a batch's first item.")
     queue_max: int = Field(1024, gt=0, description="Requests waiting per signature before new ones get 503.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+
+    playground: bool = Field(True, description="Serve the browser playground at / and /playground (false: 404).")

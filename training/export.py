@@ -5,7 +5,6 @@ tf.Module tracks only the two body models (plain Keras layers) and rebuilds the 
 tf.function signatures, which return plain tensors. Loading it needs TensorFlow only."""
 
 import datetime
-import json
 import pathlib
 import platform
 import shutil
@@ -16,13 +15,12 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+import contract
 from training.model import IMAGE_SHAPE, make_prior
 from training.train import read_history, restore_weights
 
 tfpl = tfp.layers
 
-METADATA_FILE = "metadata.json"
-METADATA_SCHEMA_VERSION = 1
 IMAGES_SPEC = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="images")
 
 
@@ -87,7 +85,7 @@ def _signature_schema(module):
         return {"dtype": t.dtype.name, "shape": t.shape.as_list()}
 
     schema = {}
-    for name in ("encode", "decode", "sample", "reconstruct"):
+    for name in contract.REQUIRED_SIGNATURES:
         fn = getattr(module, name).get_concrete_function()
         schema[name] = {
             "inputs": {s.name: spec(s) for s in fn.structured_input_signature[0]},
@@ -114,13 +112,13 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
     module = VAEServingModule(vae.encoder_body, vae.decoder_body, d)
     history = read_history(run_dir)
     metadata = {
-        "schema_version": METADATA_SCHEMA_VERSION,
+        "schema_version": contract.SCHEMA_VERSION,
         "model_name": model_name,
         "model_version": version,
         "latent_size": d,
         "image_shape": list(IMAGE_SHAPE),
         "signatures": _signature_schema(module),
-        "default_signature": "encode",
+        "default_signature": contract.DEFAULT_SIGNATURE,
         "training": {**config, "epochs_completed": len(history), "checkpoint": str(checkpoint), "history": history},
         "metrics": None,  # filled in by `python -m training evaluate --update-metadata`
         "versions": {"tensorflow": tf.__version__, "tensorflow_probability": tfp.__version__,
@@ -131,11 +129,9 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
     # Save beside the target and rename, so a crash never leaves a half-written version to be served.
     model_base.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_base))
-    tf.saved_model.save(module, str(tmp), signatures={
-        "serving_default": module.encode, "encode": module.encode, "decode": module.decode,
-        "sample": module.sample, "reconstruct": module.reconstruct,
-    })
-    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    signatures = {name: getattr(module, name) for name in contract.REQUIRED_SIGNATURES}
+    tf.saved_model.save(module, str(tmp), signatures={contract.SERVING_DEFAULT: module.encode, **signatures})
+    contract.write_metadata(tmp, metadata)
     tmp.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     if target.exists():
         shutil.rmtree(target)
@@ -143,12 +139,5 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
     return target
 
 
-def read_metadata(model_dir):
-    return json.loads((pathlib.Path(model_dir) / METADATA_FILE).read_text())
-
-
-def write_metadata(model_dir, metadata):
-    path = pathlib.Path(model_dir) / METADATA_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-    tmp.replace(path)
+read_metadata = contract.read_metadata
+write_metadata = contract.write_metadata

@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1", tags=["model"])
 OutputQuery = Annotated[Output, Query(description="'mode' (0/1 pixels) or 'probs' (pixel probabilities).")]
 FormatQuery = Annotated[Format | None, Query(description="'png' or 'json'; absent: PNG if Accept names image/png.")]
 IMAGE_RESPONSES = {200: {"content": schemas.PNG}, **schemas.ERRORS}
+IMAGES_TO_IMAGES_RESPONSES = {200: {"content": schemas.PNG, "headers": schemas.PREPROCESSING_HEADER}, **schemas.ERRORS}
 
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
@@ -23,10 +24,10 @@ IMAGE_RESPONSES = {200: {"content": schemas.PNG}, **schemas.ERRORS}
 async def encode(request: Request) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril."""
     serving = ready_serving(request)
-    images = await read_images(request, serving.settings)
-    out = await serving.batchers.encode.submit(images, len(images))
+    batch = await read_images(request, serving.settings)
+    out = await serving.batchers.encode.submit(batch.images, len(batch.images))
     return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
-                          "scale_tril": out["scale_tril"]})
+                          "scale_tril": out["scale_tril"], **batch.response_fields()})
 
 
 @router.post("/decode", response_model=schemas.Decoded, responses=IMAGE_RESPONSES,
@@ -41,15 +42,16 @@ async def decode(request: Request, output: OutputQuery = "mode", format: FormatQ
     return images_response(request, format, out[output], {**serving.model.identity, "output": output})
 
 
-@router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGE_RESPONSES,
+@router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGES_TO_IMAGES_RESPONSES,
              openapi_extra=schemas.images_request_body())
 async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means."""
     serving = ready_serving(request)
-    images = await read_images(request, serving.settings)
-    out = await serving.batchers.reconstruct.submit(images, len(images))
-    fields = {**serving.model.identity, "output": output, "mean": out["mean"]}
-    return images_response(request, format, out[output], fields)
+    png = wants_png(request, format)
+    batch = await read_images(request, serving.settings, png=png)
+    out = await serving.batchers.reconstruct.submit(batch.images, len(batch.images))
+    fields = {**serving.model.identity, "output": output, "mean": out["mean"], **batch.response_fields()}
+    return images_response(request, format, out[output], fields, batch.png_headers() if png else None)
 
 
 @router.get("/samples", response_model=schemas.Samples, responses={**IMAGE_RESPONSES, 304: {"description": "ETag"}})

@@ -18,6 +18,7 @@ from service.main import create_app
 from service.settings import BUNDLED_MODEL_DIR, Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
+MNIST_TEST_300 = Path(__file__).parents[1] / "data" / "mnist_test_300.npz"  # the first 300 MNIST test digits
 MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", BUNDLED_MODEL_DIR))
 
 
@@ -46,6 +47,13 @@ def digit_pngs() -> list[bytes]:
 def digits(digit_pngs: list[bytes]) -> np.ndarray:
     """(8, 28, 28, 1) float32 in [0, 1], as the service turns the PNGs into model input."""
     return np.stack([np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255.0 for png in digit_pngs])[..., None]
+
+
+@pytest.fixture(scope="session")
+def mnist_test_digits() -> np.ndarray:
+    """(300, 28, 28) uint8: the first 300 MNIST test digits (MNIST: Yann LeCun and Corinna Cortes, CC BY-SA 3.0)."""
+    with np.load(MNIST_TEST_300) as data:
+        return data["images"]
 
 
 def wait_until_ready(client: TestClient, timeout_s: float = 120) -> TestClient:

@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from service.settings import REPO_ROOT
+from tests.service.drawing import draw_digit, encoded
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +79,17 @@ def test_e2e_samples_png_and_health(server):
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     metrics = httpx.get(f"{server}/metrics").text
     assert 'vae_http_requests_total{method="GET",route="/v1/samples",status="200"}' in metrics
+
+
+def test_e2e_drawn_jpeg_digit_normalised_by_default(server):
+    """Issue 12's new user: a 7 drawn off-centre on a white 400x300 canvas, as JPEG, default options."""
+    server, _ = server
+    files = {"files": ("seven.jpg", encoded(draw_digit("7", (400, 300), (230, 60, 350, 260), 14), "JPEG"))}
+    png = httpx.post(f"{server}/v1/reconstruct", params={"format": "png", "output": "probs"}, files=files)
+    assert png.status_code == 200, png.text
+    assert json.loads(png.headers["x-preprocessing"]) == [{"inverted": True, "normalized": True}]
+    body = httpx.post(f"{server}/v1/reconstruct", params={"output": "probs", "include_input": "true"},
+                      files=files).json()
+    reconstruction = np.asarray(Image.open(io.BytesIO(png.content)), np.float32) / 255
+    np.testing.assert_allclose(reconstruction, body["images"][0], atol=0.5 / 255)  # the PNG is the JSON rounded
+    assert np.corrcoef(reconstruction.ravel(), np.ravel(body["inputs"][0]))[0, 1] > 0.8  # measured: 0.96

@@ -44,7 +44,7 @@ def test_load_image_shape_mismatch_fails(broken_model_dir):
 
 def test_load_missing_key_fails(broken_model_dir):
     path = broken_model_dir(lambda m: m.pop("latent_size"))
-    with pytest.raises(ModelContractError, match="metadata.json has no 'latent_size'"):
+    with pytest.raises(ModelContractError, match="metadata.json does not follow the metadata schema: latent_size"):
         load_model(path, "/CPU:0")
 
 
@@ -54,8 +54,8 @@ def test_load_missing_dir_fails(tmp_path):
 
 
 def test_startup_with_broken_metadata_fails_fast(broken_model_dir):
-    path = broken_model_dir(lambda m: m.update(schema_version=2))
-    with pytest.raises(ModelContractError, match="schema_version is 2"):
+    path = broken_model_dir(lambda m: m.update(schema_version=99))
+    with pytest.raises(ModelContractError, match="schema_version 99, readable versions are"):
         with TestClient(create_app(Settings(model_dir=path))):
             pass
 
@@ -76,3 +76,9 @@ def test_service_never_imports_training_or_tfp(model_dir):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+def test_schema_2_model_without_score_signature_fails(broken_model_dir):
+    path = broken_model_dir(lambda m: m.update(schema_version=2))
+    with pytest.raises(ModelContractError, match=r"signatures \['score'\] are missing"):
+        load_model(path, "/CPU:0")

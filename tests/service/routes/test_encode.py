@@ -60,15 +60,20 @@ def test_encode_light_background_inverted_automatically(client, digit_pngs, enco
 def test_upload_options_bad_value_names_it(client, digit_pngs, as_files, route):
     response = client.post(route, params={"invert": "maybe"}, files=as_files(digit_pngs[0]))
     assert response.status_code == 422
-    assert response.json()["detail"] == "query.invert: must be a boolean (true/false, 1/0, yes/no, on/off), got 'maybe'"
+    expected = "query.invert: must be auto or a boolean (true/false, 1/0, yes/no, on/off), got 'maybe'"
+    assert response.json()["detail"] == expected
     response = client.post(route, params={"normalize": "2"}, files=as_files(digit_pngs[0]))
-    assert response.json()["detail"] == "query.normalize: must be a boolean (true/false, 1/0, yes/no, on/off), got '2'"
+    expected = "query.normalize: must be auto or a boolean (true/false, 1/0, yes/no, on/off), got '2'"
+    assert response.json()["detail"] == expected
+    response = client.post(route, params={"include_input": "auto"}, files=as_files(digit_pngs[0]))
+    expected = "query.include_input: must be a boolean (true/false, 1/0, yes/no, on/off), got 'auto'"
+    assert response.json()["detail"] == expected
 
 
 def test_upload_options_accept_what_fastapi_accepts(client, digit_pngs, as_files):
     means = [client.post("/v1/encode", params={"invert": value}, files=as_files(digit_pngs[0])).json()["mean"]
-             for value in ("false", "0", "no", "off", "TRUE", "yes")]
-    assert means[0] == means[1] == means[2] == means[3] != means[4] == means[5]
+             for value in ("false", "0", "no", "off", "TRUE", "yes", "auto", "AUTO")]
+    assert means[0] == means[1] == means[2] == means[3] == means[6] == means[7] != means[4] == means[5]
 
 
 def test_encode_large_rgba_photo_resized(client, encode_image, as_files):
