@@ -5,6 +5,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urljoin
 
 import httpx
 import numpy as np
@@ -127,9 +128,12 @@ def test_api_serves_its_pages_and_their_assets(api):
     pages = {path: httpx.get(f"{url}{path}", timeout=30) for path in ("/docs", "/", "/playground")}
     assert pages["/docs"].status_code == 200 and "<html" in pages["/docs"].text.lower()
     assets = set()
-    for response in pages.values():
+    for path, response in pages.items():
         if response.status_code == 200 and "text/html" in response.headers.get("content-type", ""):
-            assets |= {a for a in re.findall(r"""(?:src|href)=["'](/[^"'/][^"']*)["']""", response.text)}
+            for link in re.findall(r"""(?:src|href)=["']([^"'#]+)["']""", response.text):
+                absolute = urljoin(f"{url}{path}", link)
+                if absolute.startswith(f"{url}/"):  # same origin: served by the container
+                    assets.add(absolute.removeprefix(url))
     assets.add("/openapi.json")
     failed = {a: httpx.get(f"{url}{a}", timeout=30).status_code for a in sorted(assets)}
     assert all(status == 200 for status in failed.values()), failed
