@@ -6,18 +6,23 @@ import os
 import signal
 from collections.abc import Sequence
 
-import uvicorn
+from contract.tf_logs import quiet_tensorflow_logs
 
-from service.main import create_app
-from service.settings import Settings
+quiet_tensorflow_logs()  # before TensorFlow's import (by service.main)
+
+import uvicorn  # noqa: E402
+
+from service.main import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--host", help="interface to bind (VAE_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (VAE_PORT, default 8000)")
-    parser.add_argument("--model-dir", help="SavedModel directory (VAE_MODEL_DIR, default: the bundled model)")
-    parser.add_argument("--log-level", help="log level (VAE_LOG_LEVEL, default info)")
+    default = {name: field.default for name, field in Settings.model_fields.items()}
+    parser.add_argument("--host", help=f"interface to bind (VAE_HOST; default: {default['host']})")
+    parser.add_argument("--port", type=int, help=f"port to listen on (VAE_PORT; default: {default['port']})")
+    parser.add_argument("--model-dir", help=f"SavedModel directory (VAE_MODEL_DIR; default: {default['model_dir']})")
+    parser.add_argument("--log-level", help=f"log level (VAE_LOG_LEVEL; default: {default['log_level']})")
     args = parser.parse_args(argv)
     return Settings(**{key: value for key, value in vars(args).items() if value is not None})
 

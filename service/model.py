@@ -28,8 +28,9 @@ def configure_device(gpu_memory_growth: bool, intra_op_threads: int = 0) -> str:
     except RuntimeError as err:  # TensorFlow already initialised in this process (a second app, in tests)
         log.warning("TensorFlow device settings unchanged: %s", err)
     device = "/GPU:0" if gpus else "/CPU:0"
-    log.info("tensorflow %s runs on %s (GPUs found: %d, memory growth: %s, intra-op threads: %s)", tf.__version__,
-             device, len(gpus), gpu_memory_growth, intra_op_threads or "default")
+    found = f"running on {device} (GPUs found: {len(gpus)})" if gpus else "no GPU found, running on CPU"
+    log.info("tensorflow %s: %s (GPU memory growth: %s, intra-op threads: %s)", tf.__version__, found,
+             gpu_memory_growth, intra_op_threads or "default")
     return device
 
 

@@ -4,4 +4,3 @@ import os
 
 # TFP layers are Keras 2 layers: TensorFlow must pick tf_keras, and that is decided at its import.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

@@ -3,9 +3,14 @@
 import argparse
 import logging
 import sys
+import warnings
 
-from training.data import DataError
-from training.train import RunError
+from contract.tf_logs import quiet_tensorflow_logs
+
+quiet_tensorflow_logs()  # before TensorFlow's import (by training.data)
+
+from training.data import DataError  # noqa: E402
+from training.train import RunError  # noqa: E402
 
 DEFAULT_RUN_DIR = "runs/default"
 
@@ -36,36 +41,42 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or --resume) a run; a checkpoint is written every epoch")
-    t.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, config, history, TensorBoard logs")
+    t.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
+                   help="checkpoints, config, history, TensorBoard logs (default: %(default)s)")
     t.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
-    t.add_argument("--epochs", type=_positive_int, default=50, help="total epochs of the run")
-    t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam's (initial) rate")
-    t.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
-    t.add_argument("--encoded-size", type=_positive_int, default=16, help="latent dimension d")
-    t.add_argument("--base-depth", type=_positive_int, default=32, help="filters of the first conv layer")
-    t.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term")
+    t.add_argument("--epochs", type=_positive_int, default=50, help="total epochs of the run (default: %(default)s)")
+    t.add_argument("--batch-size", type=_positive_int, default=64, help="(default: %(default)s)")
+    t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+                   help="Adam's (initial) rate (default: %(default)s)")
+    t.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                   help="cosine: decay to 5%% of the rate over the run (default: %(default)s)")
+    t.add_argument("--encoded-size", type=_positive_int, default=16, help="latent dimension d (default: %(default)s)")
+    t.add_argument("--base-depth", type=_positive_int, default=32,
+                   help="filters of the first conv layer (default: %(default)s)")
+    t.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term (default: %(default)s)")
     t.add_argument(
         "--bfloat16", action="store_true", help="mixed bfloat16 convolutions (faster on AVX512-BF16/AMX CPUs)"
     )
-    t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--train-limit", type=_positive_int, help="use only the first N training (and test) images")
+    t.add_argument("--seed", type=int, default=42, help="weights, shuffling and binarization (default: %(default)s)")
+    t.add_argument("--train-limit", type=_positive_int,
+                   help="use only the first N training (and test) images (default: all)")
 
     e = sub.add_parser("evaluate", help="test ELBO and IWAE -log p(x) of a SavedModel or a run's checkpoint")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="an exported SavedModel version folder, e.g. models/mnist_vae/1")
     src.add_argument("--run-dir", help="a training run (its latest checkpoint)")
     e.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
-    e.add_argument("--k", type=_positive_int, default=100, help="importance samples per image for the IWAE bound")
-    e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images")
-    e.add_argument("--figures-dir", help="also write the PNG figures here")
+    e.add_argument("--k", type=_positive_int, default=100,
+                   help="importance samples per image for the IWAE bound (default: %(default)s)")
+    e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images (default: all)")
+    e.add_argument("--figures-dir", help="also write the PNG figures here (default: none)")
     e.add_argument("--update-metadata", action="store_true", help="store the metrics in --model-dir's metadata.json")
 
     x = sub.add_parser("export", help="export a run's latest checkpoint as a SavedModel <base>/<name>/<version>")
-    x.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    x.add_argument("--base-dir", default="models")
-    x.add_argument("--model-name", default="mnist_vae")
+    x.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the run to export (default: %(default)s)")
+    x.add_argument("--base-dir", default="models", help="the version goes in <base>/<name>/ (default: %(default)s)")
+    x.add_argument("--model-name", default="mnist_vae", help="(default: %(default)s)")
     x.add_argument("--version", type=_positive_int, help="default: one more than the highest existing version")
     x.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     return p
@@ -73,7 +84,18 @@ def parser():
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # "Sharding callback duration" at every checkpoint
+    # tf_keras warns about the encoder's Lambda layer each time it serializes the model config for a checkpoint;
+    # runs are restored from their weights, never from that config.
+    warnings.filterwarnings("ignore", "The object being serialized includes a `lambda`", UserWarning)
     args = parser().parse_args(argv)
+    if args.command in ("train", "evaluate"):
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        logging.getLogger("training").info(
+            "tensorflow %s: %s", tf.__version__,
+            f"running on /GPU:0 (GPUs found: {len(gpus)})" if gpus else "no GPU found, running on CPU")
     try:
         if args.command == "train":
             from training.model import ModelConfig

@@ -6,13 +6,14 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-MNIST_DIR = pathlib.Path(os.environ.get("MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+# Real MNIST digits shipped with the repository: the first 1,000 training and 1,000 test digits of the standard
+# files, in the same IDX .gz format (made by scripts/make_mnist_subset.py). No test needs the full set.
+MNIST_SUBSET = REPO / "tests" / "data" / "mnist"
 
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    assert (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), f"real MNIST expected at {MNIST_DIR} (set MNIST_DIR)"
-    return MNIST_DIR
+    return MNIST_SUBSET
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,26 @@ import pytest
 from training import data
 
 
-def test_load_mnist_reads_real_idx_files(mnist_dir):
+def test_load_mnist_reads_real_idx_files(mnist_dir, caplog):
     images, labels = data.load_mnist("test", mnist_dir)
-    assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
-    assert labels.shape == (10_000,) and set(np.unique(labels)) == set(range(10))
+    assert images.shape == (1000, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.shape == (1000,) and set(np.unique(labels)) == set(range(10))
     assert images.max() == 255 and images.min() == 0
+    # The first test digits are a 7, a 2 and a 1 (as in every MNIST copy), and a subset is reported as such.
+    assert labels[:3].tolist() == [7, 2, 1]
+    assert "hold 1000 images, not the full 10000" in caplog.text
+
+
+def test_load_mnist_images_and_labels_of_different_counts_is_an_error(tmp_path, mnist_dir):
+    shutil.copy(mnist_dir / "t10k-images-idx3-ubyte.gz", tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + (999).to_bytes(4, "big")
+                                                                      + bytes(999)))
+    with pytest.raises(data.DataError, match=r"hold \(1000, 28, 28\) images and \(999,\) labels"):
+        data.load_mnist("test", tmp_path)
 
 
 def test_binarize_matches_pixel_intensity_statistics(mnist_dir):
-    images, _ = data.load_mnist("test", mnist_dir, limit=2000)
+    images, _ = data.load_mnist("test", mnist_dir)
     x = data.binarize(images).numpy()
     assert set(np.unique(x)) <= {0.0, 1.0}
     # E[x] = pixel / 255: compare the mean over many pixels, and per-intensity groups (digits stay white).
@@ -76,7 +87,7 @@ def test_load_mnist_corrupt_file_names_it(tmp_path, mnist_dir, content, message)
 
 
 def test_download_fetches_the_four_files_over_http(tmp_path, mnist_dir, monkeypatch):
-    """The no-folder path, against a local HTTP server holding the real files (no internet in tests)."""
+    """The no-folder path, against a local HTTP server holding the shipped subset (no internet in tests)."""
     handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(mnist_dir), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -87,5 +98,5 @@ def test_download_fetches_the_four_files_over_http(tmp_path, mnist_dir, monkeypa
         folder = tmp_path / "cache"
     finally:
         server.shutdown()
-    assert images.shape == (10_000, 28, 28, 1) and labels.shape == (10_000,)
+    assert images.shape == (1000, 28, 28, 1) and labels.shape == (1000,)
     assert sorted(p.name for p in folder.iterdir()) == sorted(n for f in data.FILES.values() for n in f[:2])
