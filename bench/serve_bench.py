@@ -1,13 +1,16 @@
 """Serving benchmark: batching on vs off, from a separate client process, plus the in-process ceiling.
 
     python bench/serve_bench.py --duration 5 --out bench/serve_results.json
+    python bench/serve_bench.py --only protocols --duration 4 --rounds 3 --out bench/results/serve_bench_v2.json
 
 Starts `python -m service` (uvicorn with uvloop + httptools) in a subprocess per configuration and drives it from
 this process, which never imports TensorFlow, with N concurrent keep-alive HTTP/1.1 connections over raw asyncio
 streams (a lean client: it shares the cores with the server). Scenarios: single-image JSON `encode` requests and
 `samples` PNG requests with a fresh seed each, at several concurrencies; a concurrency-256 overload run with a small
 VAE_QUEUE_MAX; and the ceiling: the SavedModel's encode signature called directly, in a subprocess, at the mean
-batch size the batcher reached.
+batch size the batcher reached. The `protocols` part compares single-image encode requests as our JSON (`/v1/encode`)
+and as KServe v2 binary tensors (`/v2/models/mnist_vae/infer`, as tritonclient sends them), in alternating runs on
+one server, at concurrency 64 and 1.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +50,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lower = head.lower()
-    match = re.search(rb"content-length: *(\d+)", lower)
+    match = re.search(rb"\r\ncontent-length: *(\d+)", lower)  # not Inference-Header-Content-Length
     body = await reader.readexactly(int(match.group(1))) if match else b""
     return status, body, b"connection: close" not in lower
 
@@ -110,11 +114,31 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
 
 
-def encode_requests() -> list[bytes]:
-    """One single-image JSON encode request per MNIST fixture digit."""
+def fixture_digits() -> list[np.ndarray]:
     digits = [np.asarray(Image.open(path), np.float32) / 255 for path in sorted(FIXTURES.glob("mnist_test_*.png"))]
     assert digits, f"no fixture digits in {FIXTURES}"
-    return [post("/v1/encode", orjson.dumps({"images": [d]}, option=orjson.OPT_SERIALIZE_NUMPY)) for d in digits]
+    return digits
+
+
+def encode_requests() -> list[bytes]:
+    """One single-image JSON encode request per MNIST fixture digit."""
+    return [post("/v1/encode", orjson.dumps({"images": [d]}, option=orjson.OPT_SERIALIZE_NUMPY))
+            for d in fixture_digits()]
+
+
+def v2_encode_requests(model: str = "mnist_vae") -> list[bytes]:
+    """One single-image KServe v2 encode request per fixture digit, with binary tensors in and out, as tritonclient's
+    default request is (no Content-Type, every output binary)."""
+    requests = []
+    for digit in fixture_digits():
+        data = digit.astype("<f4").tobytes()
+        header = orjson.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28, 1], "datatype": "FP32",
+                                           "parameters": {"binary_data_size": len(data)}}],
+                               "parameters": {"binary_data_output": True}})
+        requests.append((f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: bench\r\n"
+                         f"Inference-Header-Content-Length: {len(header)}\r\n"
+                         f"Content-Length: {len(header) + len(data)}\r\n\r\n").encode() + header + data)
+    return requests
 
 
 # --- the server ---------------------------------------------------------------------------------------------------
@@ -224,6 +248,45 @@ def ceiling(model_dir: str, sizes: list[int], seconds: float) -> dict[str, float
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# --- the protocols ------------------------------------------------------------------------------------------------
+
+def protocols_report(args) -> dict:
+    """Single-image encode as our JSON and as v2 binary tensors: alternating runs on one server (the VM drifts),
+    concurrency 64 then 1, and the ceiling at the mean batch the concurrency-64 runs reached."""
+    extra = dict(item.split("=", 1) for item in args.set)
+    paths = {"json": encode_requests(), "v2_binary": v2_encode_requests()}
+    report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+              "duration_s": args.duration, "warmup_s": args.warmup, "settings": extra, "rounds": []}
+    with serving(args.model_dir, **extra) as server:
+        for _ in range(args.rounds):
+            round_ = {}
+            for concurrency in (64, 1):
+                for name, requests in paths.items():
+                    def make(client: int, count: int, requests=requests) -> bytes:
+                        return requests[(client + count) % len(requests)]
+                    round_[f"{name}_c{concurrency}"] = run_scenario(server, make, concurrency, args, "encode")
+            report["rounds"].append(round_)
+    batches = [r[f"{name}_c64"]["mean_batch_images"] or 1 for r in report["rounds"] for name in paths]
+    size = max(1, round(statistics.median(batches)))
+    report["ceiling_images_per_s"] = ceiling(args.model_dir, [size], max(1.0, args.duration / 2))
+    ceiling_rps = report["ceiling_images_per_s"][str(size)]
+
+    def median(key: str, field: str) -> float:
+        return round(statistics.median(r[key][field] for r in report["rounds"]), 2)
+
+    report["summary"] = {
+        name: {"c64_throughput_rps": median(f"{name}_c64", "throughput_rps"),
+               "c64_fraction_of_ceiling": round(median(f"{name}_c64", "throughput_rps") / ceiling_rps, 3),
+               "c64_server_cpu_us_per_request": median(f"{name}_c64", "server_cpu_us_per_request"),
+               "c1_p50_ms": median(f"{name}_c1", "p50_ms"),
+               "errors": sum(r[f"{name}_c{c}"]["errors"] for r in report["rounds"] for c in (64, 1))}
+        for name in paths}
+    report["summary"]["ceiling_batch"] = size
+    report["summary"]["c1_p50_binary_minus_json_ms"] = round(
+        report["summary"]["v2_binary"]["c1_p50_ms"] - report["summary"]["json"]["c1_p50_ms"], 2)
+    return report
+
+
 # --- the run ------------------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -237,8 +300,18 @@ def main() -> None:
     parser.add_argument("--overload-queue-max", type=int, default=16, help="VAE_QUEUE_MAX of the overload run")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="service setting for all runs: --set tf_intra_op_threads=1 sets VAE_TF_INTRA_OP_THREADS")
+    parser.add_argument("--only", choices=["all", "protocols"], default="all",
+                        help="'protocols': only the JSON vs KServe v2 binary comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating JSON/v2 rounds of the protocols part")
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
     args = parser.parse_args()
+    if args.only == "protocols":
+        report = protocols_report(args)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     samples_concurrencies = [int(c) for c in args.samples_concurrency.split(",") if c]
     extra = dict(item.split("=", 1) for item in args.set)

@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service.batching import Batchers, bucket_sizes
+from service.codecs.errors import install_protocol_error_handler
 from service.deps import Serving
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import configure_device, load_model
-from service.routes import inference, ops, playground
+from service.routes import inference, ops, playground, tfserving, v2
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
 
     # The routers' routes are handed over as they are: include_router would put a resolution layer in front of
     # them that costs ~20 us per request, about 8% of the event loop's time per encode request under load.
-    routes = [*inference.router.routes, *ops.router.routes, *(playground.router.routes if settings.playground else [])]
+    routes = [*inference.router.routes, *ops.router.routes, *v2.router.routes, *tfserving.router.routes,
+              *(playground.router.routes if settings.playground else [])]
     # FastAPIOffline: /docs loads Swagger UI from the package, not a CDN (no ReDoc: its page loads a logo from one).
     app = FastAPIOffline(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
                          version="1", lifespan=lifespan, routes=routes, redoc_url=None)
@@ -84,4 +86,5 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     app.state.serving, app.state.ready, app.state.failure = None, False, None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app, settings.retry_after_s)
+    install_protocol_error_handler(app)
     return app

@@ -1,0 +1,94 @@
+"""Open Inference Protocol (KServe v2) routes, with the binary tensor data extension that tritonclient uses.
+
+Every signature is a v2 model (contract.v2_model_names): `mnist_vae` is the default (encode), `mnist_vae-decode`,
+`mnist_vae-sample`, ... the others. Errors are {"error": ...} (service/routes/protocol_errors.py)."""
+
+import weakref
+
+from fastapi import APIRouter, Request, Response
+
+import contract
+from service.codecs import v2
+from service.codecs.signatures import ProtocolError, SignatureSpec, run_signature, serving_for, signature_specs
+from service.deps import Serving
+from service.model import VaeModel
+from service.payloads import read_body
+
+router = APIRouter(prefix="/v2", tags=["KServe v2"])
+SERVER_NAME = "mnist-vae"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+_MODELS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
+
+
+def v2_models(serving: Serving) -> dict[str, SignatureSpec]:
+    """v2 model name -> signature, for the signatures the loaded model has (once per loaded model)."""
+    models = _MODELS.get(serving.model)
+    if models is None:
+        specs = signature_specs(serving.model)
+        models = _MODELS[serving.model] = {name: specs[signature] for name, signature
+                                           in contract.v2_model_names(serving.model.name).items() if signature in specs}
+    return models
+
+
+def _model(request: Request) -> tuple[Serving, str, SignatureSpec]:
+    params = request.path_params
+    name, version = params["name"], params.get("version")
+    serving = serving_for(request, version)
+    signature = v2_models(serving).get(name)
+    if signature is None:
+        raise ProtocolError(404, f"Request for unknown model: '{name}' is not found; models: "
+                                 f"{sorted(v2_models(serving))}")
+    return serving, name, signature
+
+
+@router.get("")
+async def server_metadata(request: Request) -> Response:
+    """Server metadata: name, version and the protocol extensions supported."""
+    return v2.json({"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS})
+
+
+@router.get("/health/live")
+async def server_live(request: Request) -> Response:
+    """200 while the service can answer; 400 (the protocol's 'false') once the model's warm-up has failed."""
+    return Response(status_code=400 if request.app.state.failure else 200)
+
+
+@router.get("/health/ready")
+async def server_ready(request: Request) -> Response:
+    """200 once the model is loaded and warmed up, 400 (the protocol's 'false') before."""
+    return Response(status_code=200 if request.app.state.ready else 400)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(request: Request) -> Response:
+    """Model metadata: inputs and outputs with name, datatype and shape (-1: any size), from the loaded signature."""
+    serving, name, signature = _model(request)
+    return v2.json({"name": name, "versions": [str(serving.model.version)], "platform": "tensorflow_savedmodel",
+                    "inputs": [v2.tensor_metadata(spec) for spec in signature.inputs],
+                    "outputs": [v2.tensor_metadata(spec) for spec in signature.outputs]})
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request) -> Response:
+    """200 if the model (version) is ready, 400 while the service is not ready, 404 for an unknown model."""
+    if not request.app.state.ready:
+        return Response(status_code=400)
+    _model(request)
+    return Response(status_code=200)
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(request: Request) -> Response:
+    """Inference: JSON tensors, or binary tensors after a JSON header (Inference-Header-Content-Length)."""
+    serving, name, signature = _model(request)
+    limit = serving.settings.max_body_bytes
+    body = v2.decompress(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+    parsed = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH), name, signature)
+    results = await run_signature(serving, signature, parsed.inputs)
+    content, headers, media_type = v2.infer_response(parsed, name, serving.model.version, results)
+    return Response(content, headers=headers, media_type=media_type)
