@@ -141,6 +141,18 @@ def test_api_serves_its_pages_and_their_assets(api):
     record(f"pages {served} and their {len(assets)} same-origin assets answer 200", 0, ", ".join(sorted(assets)))
 
 
+
+def test_api_answers_kserve_v2_health_and_metadata(api):
+    """What KServe's v2 clients ask first, served by the same container (the InferenceService runs this image)."""
+    _, url = api
+    assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+    server = httpx.get(f"{url}/v2", timeout=10)
+    assert server.status_code == 200, server.text
+    name = httpx.get(f"{url}/v1/model", timeout=10).json()["name"]
+    model = httpx.get(f"{url}/v2/models/{name}", timeout=10)
+    assert model.status_code == 200 and model.json()["name"] == name, model.text
+    record(f"KServe v2: /v2/health/ready, /v2 and /v2/models/{name} answer 200", 0)
+
 def test_docker_stop_finishes_requests_in_flight(api):
     """SIGTERM with requests in flight: uvicorn stops accepting, finishes them, exits 0. Runs last in this module:
     it stops the container."""
