@@ -1,4 +1,5 @@
-"""Static checks of the deployment files: no Docker engine runs here, so these read, never build or run."""
+"""Static checks of the Docker files: these read, never build or run (tests/container/ builds and runs the images
+with a real engine; tests/test_deploy_kubernetes.py checks the Kubernetes manifests)."""
 
 import fnmatch
 import re
@@ -78,7 +79,13 @@ def test_compose_has_api_and_train_services():
 
 
 def test_compose_api_publishes_port_8000():
-    assert load_compose("docker-compose.yml")["services"]["api"]["ports"] == ["8000:8000"]
+    assert load_compose("docker-compose.yml")["services"]["api"]["ports"] == ["${API_PORT:-8000}:8000"]
+
+
+def test_compose_api_runs_read_only_and_drains_on_stop():
+    api = load_compose("docker-compose.yml")["services"]["api"]
+    assert api["read_only"] is True and api["tmpfs"] == ["/tmp"]
+    assert api["stop_grace_period"] == "30s"
 
 
 def test_compose_api_healthcheck_calls_healthz():
@@ -106,20 +113,45 @@ def test_compose_train_writes_into_the_volume_api_serves():
     assert "models:/models" in api["volumes"]
     assert "models:/models" in train["volumes"]
     assert "models" in compose["volumes"]
-    assert api["environment"]["VAE_MODEL_DIR"] == "/models/mnist_vae/${MODEL_VERSION:-1}"
+    assert api["environment"]["VAE_MODEL_BASE_PATH"] == "/models/mnist_vae"
     command = " ".join(train["command"])
     assert "--base-dir /models" in command
     assert "--data-dir /data/mnist" in command
 
 
+def test_compose_train_takes_quick_trial_options():
+    train = load_compose("docker-compose.yml")["services"]["train"]
+    command = " ".join(train["command"])
+    train_step, evaluate_step = (step for step in command.split(";") if "python -m training" in step
+                                 and ("train --" in step or "evaluate" in step))
+    assert train_step.rstrip().endswith("$${TRAIN_ARGS}")
+    assert evaluate_step.rstrip().endswith("$${EVAL_ARGS}")  # last, so --limit/--k override the defaults
+    assert train["environment"]["EVAL_ARGS"] == "${EVAL_ARGS:-}"
+
+
 def test_compose_cpu_override_drops_gpu():
     services = load_compose("docker-compose.cpu.yml")["services"]
-    for name, extras in [("api", "serve"), ("train", "train")]:
+    for name, extras in [("api", "serve,cpu"), ("train", "train,tf")]:
         assert services[name]["deploy"] is None, f"{name}: deploy must be !reset"
         assert services[name]["build"]["args"]["EXTRAS"] == extras
+        assert services[name]["image"] == f"mnist-vae-{name}:cpu"
+
+
+def test_container_tests_build_what_the_cpu_override_builds():
+    from tests.container.helpers import API_EXTRAS, API_IMAGE, TRAIN_EXTRAS, TRAIN_IMAGE
+
+    services = load_compose("docker-compose.cpu.yml")["services"]
+    assert (services["api"]["image"], services["api"]["build"]["args"]["EXTRAS"]) == (API_IMAGE, API_EXTRAS)
+    assert (services["train"]["image"], services["train"]["build"]["args"]["EXTRAS"]) == (TRAIN_IMAGE, TRAIN_EXTRAS)
 
 
 # --- Dockerfile ---
+
+
+def test_dockerfile_needs_no_registry_for_its_frontend():
+    """A `# syntax=` line makes BuildKit pull a frontend image; the built-in one supports RUN --mount."""
+    first = (ROOT / "Dockerfile").read_text().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first)
 
 
 def test_dockerfile_passes_hadolint():
@@ -151,19 +183,63 @@ def test_dockerfile_api_starts_the_service():
     assert entrypoint == '["python", "-m", "service"]'
 
 
-def test_dockerfile_api_copies_only_service_and_model():
+def copied_sources(*stages):
     copied = []
-    for name, args in dockerfile_stages()["base"] + dockerfile_stages()["api"]:
-        if name in {"COPY", "ADD"}:
-            sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
-            copied += sources
-    assert sorted(copied) == ["README.md", "models/mnist_vae/", "pyproject.toml", "service/"]
+    for stage in stages:
+        for name, args in dockerfile_stages()[stage]:
+            if name in {"COPY", "ADD"}:
+                copied += [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+    return sorted(copied)
+
+
+def test_dockerfile_api_copies_only_service_contract_and_model():
+    """The api image installs from the api-src stage (bind-mounted), which holds no training code."""
+    assert copied_sources("base", "api-src", "api") == [
+        "README.md", "contract/", "models/mnist_vae/", "pyproject.toml", "service/"]
+    (install,) = [args for args in stage_instructions("api", "RUN") if "pip install" in args]
+    assert "--mount=type=bind,from=api-src,source=/src,target=/mnt,rw" in install
+    assert 'pip install "/mnt[${EXTRAS}]"' in install
+
+
+def test_dockerfile_train_installs_from_its_own_sources():
+    assert copied_sources("train-src") == ["README.md", "contract/", "pyproject.toml", "training/"]
+    (install,) = [args for args in stage_instructions("train", "RUN") if "pip install" in args]
+    assert "--mount=type=bind,from=train-src,source=/src,target=/mnt,rw" in install
 
 
 def test_dockerfile_api_installs_no_training_extra():
     installs = [args for args in stage_instructions("api", "RUN") if "pip install" in args]
     assert installs and not any("train" in args for args in installs)
     assert "EXTRAS=serve,gpu" in stage_instructions("api", "ARG")
+    assert "EXTRAS=train,gpu" in stage_instructions("train", "ARG")
+
+
+def test_pyproject_tensorflow_comes_from_exactly_one_extra():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert not [r for r in project["dependencies"] if r.startswith("tensorflow")]
+    assert extras["tf"] == ["tensorflow==2.21.0"]
+    assert extras["cpu"] == ["tensorflow-cpu==2.21.0"]
+    assert extras["gpu"] == ["tensorflow[and-cuda]==2.21.0"]
+    for name in ("serve", "train", "dev"):
+        assert not [r for r in extras[name] if r.startswith("tensorflow==") or r.startswith("tensorflow-cpu")]
+
+
+@pytest.mark.parametrize("given, installed", [
+    ("serve", "serve,tf"), ("train,serve,dev", "train,serve,dev,tf"), ("serve,gpu", "serve,gpu"),
+    ("serve,cpu", "serve,cpu"), ("tf", "tf")])
+def test_scripts_install_adds_tensorflow_when_no_extra_names_it(given, installed):
+    """scripts/serve and scripts/test pass `serve` and `train,serve,dev`: TensorFlow must come with them."""
+    case = re.search(r"case .*?esac", (ROOT / "scripts" / "install").read_text(), re.DOTALL).group(0)
+    result = subprocess.run(["bash", "-c", f'extras={given}\n{case}\necho "$extras"'], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == installed
+
+
+def test_pyproject_packages_carry_the_contract_and_static_assets():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "contract*" in setuptools["packages"]["find"]["include"]
+    assert "static/**/*" in setuptools["package-data"]["service"]
 
 
 def test_pyproject_extras_keep_serving_free_of_tfp():
@@ -188,6 +264,7 @@ def test_dockerignore_excludes(path):
     assert dockerignored(path)
 
 
-@pytest.mark.parametrize("path", ["service/__main__.py", "models/mnist_vae/1/saved_model.pb", "pyproject.toml"])
+@pytest.mark.parametrize("path", ["service/__main__.py", "contract/__init__.py", "models/mnist_vae/1/saved_model.pb",
+                                  "pyproject.toml"])
 def test_dockerignore_keeps(path):
     assert not dockerignored(path)
