@@ -76,6 +76,16 @@ class VaeModel:
         outputs = self._signatures["sample"](num_samples=tf.constant(n, tf.int32), seed=tf.constant(seed, tf.int64))
         return _numpy(outputs)
 
+    def has_signature(self, name: str) -> bool:
+        return name in self._signatures
+
+    def score(self, images: np.ndarray, k: int, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        """images (B, 28, 28, 1) float32, k importance samples, one noise seed per row (B,) int64 -> elbo, kl,
+        distortion, nll (B,) in nats; row i's scores depend on (images[i], k, seeds[i]) only."""
+        outputs = self._signatures[contract.SCORE](images=images, k=tf.constant(k, tf.int32),
+                                                   seeds=tf.constant(seeds, tf.int64))
+        return _numpy(outputs)
+
     def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup."""
         for size in batch_sizes:
@@ -84,6 +94,10 @@ class VaeModel:
             self.reconstruct(images)
             self.decode(np.zeros((size, self.latent_size), np.float32))
         self.sample(1, 0)
+        if self.has_signature(contract.SCORE):
+            calibration = self.metadata.get("calibration") or {}
+            self.score(np.zeros((1, *self.metadata["image_shape"]), np.float32), calibration.get("k", 1),
+                       np.zeros(1, np.int64))
 
 
 def _numpy(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:

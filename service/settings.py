@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_images: int = Field(256, gt=0, description="Most images or latents in one request.")
     max_image_pixels: int = Field(25_000_000, gt=0, description="Largest declared width*height of an upload.")
     max_samples: int = Field(256, gt=0, description="Largest n for /v1/samples.")
+    max_posterior_samples: int = Field(16384, gt=0, description="Most posterior samples (k x images) in one score, "
+                                       "encode or reconstruct request (each costs a decode in score and reconstruct).")
 
     batch_max_size: int = Field(256, gt=0, description="Most images merged into one model call; 1 turns batching off.")
     batch_max_delay_ms: float = Field(2.0, ge=0, description="Longest wait for company, from a batch's first item.")
