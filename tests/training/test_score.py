@@ -47,7 +47,8 @@ def test_signature_matches_training_evaluation_per_image(v2, digits):
         for name in ("elbo", "kl", "distortion", "nll"):
             np.testing.assert_allclose(ours[name], theirs[name], atol=2e-3, rtol=0)
         np.testing.assert_allclose(ours["elbo"], ours["kl"] + ours["distortion"], atol=1e-3)
-        assert (ours["nll"] <= ours["elbo"] + 1e-3).all(), "IWAE_k is a tighter bound than the ELBO"
+        # IWAE_k is the tighter bound (per image only in expectation: the ELBO's KL is analytic, not sampled).
+        assert ours["nll"].mean() < ours["elbo"].mean()
 
 
 def test_signature_mean_agrees_with_evaluate_metrics(v2, digits):
