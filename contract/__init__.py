@@ -16,7 +16,7 @@ METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_DIR = "variables"
 
-SCHEMA_VERSION = 1  # written by training/ today (2 once the export has the score signature)
+SCHEMA_VERSION = 2  # written by training/ (2: the score signature and the calibration)
 READABLE_SCHEMA_VERSIONS = (1, 2)  # read by service/
 
 # Signature names. serving_default is the encoder, as in the export.
@@ -53,9 +53,12 @@ class Calibration(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     score: str = Field("nll_iwae", description="Which score the percentiles are of.")
-    k: int = Field(gt=0, description="Importance samples per image the NLL was estimated with.")
-    seed: int = Field(description="Stateless seed of the estimate.")
+    k: int = Field(gt=0, description="Importance samples per image the NLL was estimated with (the score route's "
+                   "default k).")
+    seed: int = Field(description="Stateless seed of the estimate: test image i used seed + i.")
     images: int = Field(gt=0, description="Test images the percentiles were computed on.")
+    pixels: str = Field("grey as given (pixel/255)", description="How the test images were scored: the uint8 pixels "
+                        "divided by 255, grey values scored as given (Bernoulli cross-entropy), not binarized.")
     levels: list[float] = Field(description="Percentile levels in [0, 100], increasing.")
     values: list[float] = Field(description="NLL in nats at each level, non-decreasing.")
 

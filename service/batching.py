@@ -297,12 +297,32 @@ def shared(fn: Callable[..., dict[str, np.ndarray]]) -> BatchFn:
     return run
 
 
+def keyed(fn: Callable[..., dict[str, np.ndarray]]) -> BatchFn:
+    """Batch function for payloads (key, *arrays) where only payloads with the same key share a call (see
+    `same_key`): fn(*concatenated arrays, *key) once, outputs split back by each payload's rows. No padding: used
+    for the score signature, whose cost is images x k decodes, so a padded row is never cheap."""
+
+    def run(payloads: Sequence[tuple]) -> list[dict[str, np.ndarray]]:
+        arrays = [np.concatenate(parts) for parts in zip(*(payload[1:] for payload in payloads), strict=True)]
+        outputs = fn(*arrays, *payloads[0][0])
+        bounds = np.cumsum([0] + [len(payload[1]) for payload in payloads])
+        return [{name: array[start:stop] for name, array in outputs.items()}
+                for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    return run
+
+
+def same_key(first: tuple, other: tuple) -> bool:
+    return first[0] == other[0]
+
+
 @dataclass(frozen=True)
 class Batchers:
     encode: Batcher
     decode: Batcher
     reconstruct: Batcher
     sample: Batcher
+    score: Batcher | None = None  # models of schema 2 and up
 
     @classmethod
     def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, metrics: Metrics,
@@ -317,10 +337,12 @@ class Batchers:
         return cls(encode=batcher("encode", stacked(model.encode, buckets)),
                    decode=batcher("decode", stacked(model.decode, buckets)),
                    reconstruct=batcher("reconstruct", stacked(model.reconstruct, buckets)),
-                   sample=batcher("sample", shared(model.sample), same_batch=operator.eq))
+                   sample=batcher("sample", shared(model.sample), same_batch=operator.eq),
+                   score=batcher("score", keyed(lambda images, seeds, k: model.score(images, k, seeds)),
+                                 same_batch=same_key) if model.has_signature("score") else None)
 
     def all(self) -> tuple[Batcher, ...]:
-        return self.encode, self.decode, self.reconstruct, self.sample
+        return tuple(b for b in (self.encode, self.decode, self.reconstruct, self.sample, self.score) if b is not None)
 
     def start(self) -> None:
         for batcher in self.all():

@@ -16,7 +16,7 @@ from service.metrics import Metrics
 from service.middleware import install_middleware
 from service.model import configure_device
 from service.registry import Registry
-from service.routes import inference, ops, playground, tfserving, v2
+from service.routes import inference, ops, playground, scoring, tfserving, v2
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
 
     # The routers' routes are handed over as they are: include_router would put a resolution layer in front of
     # them that costs ~20 us per request, about 8% of the event loop's time per encode request under load.
-    routes = [*inference.router.routes, *ops.router.routes, *v2.router.routes, *tfserving.router.routes,
-              *(playground.router.routes if settings.playground else [])]
+    routes = [*inference.router.routes, *scoring.router.routes, *ops.router.routes, *v2.router.routes,
+              *tfserving.router.routes, *(playground.router.routes if settings.playground else [])]
     # FastAPIOffline: /docs loads Swagger UI from the package, not a CDN (no ReDoc: its page loads a logo from one).
     app = FastAPIOffline(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
                          version="1", lifespan=lifespan, routes=routes, redoc_url=None)

@@ -81,6 +81,16 @@ class VaeModel:
         outputs = self._signatures["sample"](num_samples=tf.constant(n, tf.int32), seed=tf.constant(seed, tf.int64))
         return _numpy(outputs)
 
+    def has_signature(self, name: str) -> bool:
+        return name in self._signatures
+
+    def score(self, images: np.ndarray, k: int, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        """images (B, 28, 28, 1) float32, k importance samples, one noise seed per row (B,) int64 -> elbo, kl,
+        distortion, nll (B,) in nats; row i's scores depend on (images[i], k, seeds[i]) only."""
+        outputs = self._signatures[contract.SCORE](images=images, k=tf.constant(k, tf.int32),
+                                                   seeds=tf.constant(seeds, tf.int64))
+        return _numpy(outputs)
+
     def warm_up(self, batch_sizes: Sequence[int] = (1,), threads: int = 1) -> None:
         """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup.
         threads > 1: the signatures warm up side by side (small batches leave cores idle; TensorFlow releases the
@@ -92,7 +102,12 @@ class VaeModel:
             "decode": lambda size: self.decode(np.zeros((size, self.latent_size), np.float32)),
             "sample": lambda size: self.sample(size, 0),
         }
-        sizes = {name: list(batch_sizes) for name in calls} | {"sample": [1]}  # sample: one call per (n, seed)
+        if self.has_signature(contract.SCORE):  # unpadded, merged only at equal k: warmed at batch 1, calibration k
+            k = (self.metadata.get("calibration") or {}).get("k", 1)
+            calls["score"] = lambda size: self.score(np.zeros((size, *image_shape), np.float32), k,
+                                                     np.zeros(size, np.int64))
+        # sample and score: one call per (n, seed) or k, not padded to the batch sizes
+        sizes = {name: list(batch_sizes) for name in calls} | {"sample": [1], "score": [1]}
 
         def warm(name: str) -> None:
             for size in sizes[name]:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
         ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"), description="Pillow formats accepted (comma-separated).")
     decode_threads: int = Field(2, gt=0, description="Requests whose uploads are decoded at once (threads).")
     max_samples: int = Field(256, gt=0, description="Largest n for /v1/samples.")
+    max_posterior_samples: int = Field(16384, gt=0, description="Most posterior samples (k x images) in one score, "
+                                       "encode or reconstruct request (each costs a decode in score and reconstruct).")
 
     batch_max_size: int = Field(256, gt=0, description="Most images merged into one model call; 1 turns batching off.")
     batch_max_delay_ms: float = Field(2.0, ge=0, description="Longest wait for company, from a batch's first item.")

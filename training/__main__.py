@@ -69,12 +69,21 @@ def parser():
     e.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
     e.add_argument("--k", type=_positive_int, default=100,
                    help="importance samples per image for the IWAE bound (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0,
+                   help="posterior noise: test image i uses the stateless seed+i (default: %(default)s)")
+    e.add_argument("--calibrate", action="store_true",
+                   help="also compute the NLL percentiles the service scores against (grey pixels as given)")
+    e.add_argument("--calibration-k", type=_positive_int, default=32,
+                   help="importance samples per image of the calibration (the score route's default k; "
+                        "default: %(default)s)")
     e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images (default: all)")
     e.add_argument("--figures-dir", help="also write the PNG figures here (default: none)")
     e.add_argument("--update-metadata", action="store_true", help="store the metrics in --model-dir's metadata.json")
 
     x = sub.add_parser("export", help="export a run's latest checkpoint as a SavedModel <base>/<name>/<version>")
     x.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the run to export (default: %(default)s)")
+    x.add_argument("--from-model", help="take the weights from this exported version folder instead of the run "
+                   "(re-export with newer signatures), e.g. models/mnist_vae/1 (default: none)")
     x.add_argument("--base-dir", default="models", help="the version goes in <base>/<name>/ (default: %(default)s)")
     x.add_argument("--model-name", default="mnist_vae", help="(default: %(default)s)")
     x.add_argument("--version", type=_positive_int, help="default: one more than the highest existing version")
@@ -117,7 +126,8 @@ def main(argv=None):
         elif args.command == "export":
             from training.export import export_run
 
-            path = export_run(args.run_dir, args.base_dir, args.model_name, args.version, args.overwrite)
+            path = export_run(args.run_dir, args.base_dir, args.model_name, args.version, args.overwrite,
+                              from_model=args.from_model)
             print(path)
     except (DataError, RunError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from service import schemas
 from service.deps import cache_control, ready_serving
 from service.payloads import json_array, read_images, read_json
 from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
+from service.routes.scoring import posterior_options, rows_png, sample_posterior, with_posterior_options
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
@@ -20,14 +21,21 @@ IMAGES_TO_IMAGES_RESPONSES = {200: {"content": schemas.PNG, "headers": schemas.P
 
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
-             openapi_extra=schemas.images_request_body())
+             openapi_extra=with_posterior_options(schemas.images_request_body()))
 async def encode(request: Request) -> Response:
-    """Encode images into their posterior mean, covariance and scale_tril."""
+    """Encode images into their posterior mean, covariance and scale_tril; with `samples=k`, also k draws per image
+    from q(z|x) (`samples`, shaped (B, k, d)) and the `seed` they came from."""
     serving = ready_serving(request)
+    posterior = posterior_options(request, serving)
     batch = await read_images(request, serving.settings)
-    out = await serving.batchers.encode.submit(batch.images, len(batch.images))
+    images = batch.images
+    if posterior:
+        out = await sample_posterior(serving, images, *posterior)
+        extra = {"samples": out["samples"], "seed": posterior[1]}
+    else:
+        out, extra = await serving.batchers.encode.submit(images, len(images)), {}
     return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
-                          "scale_tril": out["scale_tril"], **batch.response_fields()})
+                          "scale_tril": out["scale_tril"], **extra, **batch.response_fields()})
 
 
 @router.post("/decode", response_model=schemas.Decoded, responses=IMAGE_RESPONSES,
@@ -43,12 +51,16 @@ async def decode(request: Request, output: OutputQuery = "mode", format: FormatQ
 
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGES_TO_IMAGES_RESPONSES,
-             openapi_extra=schemas.images_request_body())
+             openapi_extra=with_posterior_options(schemas.images_request_body()))
 async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
-    """Encode images and decode their posterior means: PNG (grid) or JSON with the means."""
+    """Encode images and decode their posterior means: PNG (grid) or JSON with the means. With `samples=k`, decode k
+    draws per image from q(z|x) instead: a PNG with a row per image, or JSON `images` (B, k, 28, 28), `samples`."""
     serving = ready_serving(request)
+    posterior = posterior_options(request, serving)
     png = wants_png(request, format)
     batch = await read_images(request, serving.settings, png=png)
+    if posterior:
+        return await _reconstruct_samples(request, serving, batch, *posterior, output, format)
     out = await serving.batchers.reconstruct.submit(batch.images, len(batch.images))
     fields = {**serving.model.identity, "output": output, "mean": out["mean"], **batch.response_fields()}
     return images_response(request, format, out[output], fields, batch.png_headers() if png else None)
@@ -75,3 +87,16 @@ async def samples(request: Request,
     out = await serving.batchers.sample.submit((n, seed), n)
     fields = {**serving.model.identity, "output": output, "seed": seed, "latents": out["latents"]}
     return images_response(request, format, out[output], fields, headers)
+
+
+async def _reconstruct_samples(request: Request, serving, batch, k: int, seed: int, output: Output,
+                               format: Format | None) -> Response:
+    """Posterior samples of each image, decoded through the decode batcher."""
+    images = batch.images
+    out = await sample_posterior(serving, images, k, seed)
+    latents = out["samples"].reshape(len(images) * k, -1)
+    decoded = (await serving.batchers.decode.submit(latents, len(latents)))[output].reshape(len(images), k, 28, 28)
+    if wants_png(request, format):
+        return Response(rows_png(decoded), media_type="image/png", headers=batch.png_headers())
+    return json_response({**serving.model.identity, "output": output, "mean": out["mean"], "seed": seed,
+                          "samples": out["samples"], "images": decoded, **batch.response_fields()})

@@ -9,7 +9,7 @@ from service.registry import UnknownModelError, status_document
 from service.responses import json_response
 
 router = APIRouter()
-METADATA_KEYS = ("signatures", "default_signature", "metrics", "versions", "git_commit", "created_at")
+METADATA_KEYS = ("signatures", "default_signature", "metrics", "calibration", "versions", "git_commit", "created_at")
 # Training settings that are paths on the machine that trained the model: no use to a client, and not to publish.
 LOCAL_PATH_KEYS = ("data_dir", "checkpoint", "run_dir", "checkpoint_dir", "log_dir", "output_dir")
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from training.export import export_run, read_metadata
 
-SIGNATURES = ["decode", "encode", "reconstruct", "sample", "serving_default"]
+SIGNATURES = ["decode", "encode", "reconstruct", "sample", "score", "serving_default"]
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,11 @@ def test_saved_model_loads_and_runs_without_tfp_or_training(exported):
         dec = s["decode"](latents=tf.zeros([3, 16]))
         smp = s["sample"](num_samples=tf.constant(4), seed=tf.constant(1, tf.int64))
         rec = s["reconstruct"](images=tf.ones([1, 28, 28, 1]))
+        scr = s["score"](images=tf.ones([2, 28, 28, 1]), k=tf.constant(3), seeds=tf.constant([1, 2], tf.int64))
         print(json.dumps({{
             "signatures": sorted(s),
             "shapes": [list(enc["covariance"].shape), list(dec["probs"].shape), list(smp["mode"].shape),
-                       list(rec["mean"].shape)],
+                       list(rec["mean"].shape), list(scr["nll"].shape)],
             "leaked": sorted(k for k in sys.modules if k.startswith(("tensorflow_probability", "training"))),
         }}))
         """
@@ -86,7 +87,7 @@ def test_saved_model_loads_and_runs_without_tfp_or_training(exported):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"signatures": SIGNATURES, "shapes": [[2, 16, 16], [3, 28, 28, 1], [4, 28, 28, 1], [1, 16]],
+    assert result == {"signatures": SIGNATURES, "shapes": [[2, 16, 16], [3, 28, 28, 1], [4, 28, 28, 1], [1, 16], [2]],
                       "leaked": []}
 
 
@@ -120,3 +121,14 @@ def test_export_refuses_to_overwrite_and_numbers_next_version(tiny_run, exported
     assert second.name == "2" and read_metadata(second)["model_version"] == 2
     assert not [p for p in second.parent.iterdir() if p.name.startswith(".")], "no temporary folders left behind"
     assert second.stat().st_mode & 0o777 == 0o755, "a server running as another user can read the version"
+
+
+def test_reexport_from_saved_model_keeps_the_weights(exported, loaded, test_digits, tmp_path):
+    """--from-model: a version rebuilt from another version's variables (no run) encodes identically."""
+    again = export_run(None, tmp_path, "mnist_vae", version=5, from_model=exported)
+    meta = read_metadata(again)
+    assert meta["schema_version"] == 2 and "score" in meta["signatures"]
+    assert meta["training"]["weights_from"].startswith("mnist_vae version 1")
+    x = tf.constant(test_digits[0][:4])
+    np.testing.assert_array_equal(tf.saved_model.load(str(again)).signatures["encode"](images=x)["mean"],
+                                  loaded["encode"](images=x)["mean"])

@@ -1,0 +1,191 @@
+"""What only a density model serves: likelihood scores with an outlier decision, posterior samples, interpolation."""
+
+import io
+import secrets
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from PIL import Image
+
+import contract
+from service import schemas
+from service.deps import Serving, ready_serving
+from service.images import SIDE
+from service.latents import interpolate as interpolate_path
+from service.latents import posterior_samples
+from service.payloads import json_array, read_images, read_json
+from service.responses import Format, Output, json_response, wants_png
+
+router = APIRouter(prefix="/v1", tags=["density"])
+
+DEFAULT_K = 32  # when the model's metadata has no calibration
+DEFAULT_THRESHOLD = 99.0
+MAX_SEED = 2**62  # seed + image index stays an int64
+Test = Literal["upper", "two-sided"]
+
+POSTERIOR_OPTIONS = [
+    {"name": "samples", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "default": 0},
+     "description": "Also draw this many samples per image from q(z|x) (k x images is capped by "
+                    "VAE_MAX_POSTERIOR_SAMPLES)."},
+    {"name": "seed", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+     "description": "Seed of the posterior samples: image i of the request draws from (seed, i). Absent: random, "
+                    "returned as `seed`."},
+]
+
+
+def with_posterior_options(openapi_extra: dict[str, Any]) -> dict[str, Any]:
+    """openapi_extra of an images route, plus the `samples` and `seed` query parameters."""
+    return {**openapi_extra, "parameters": [*openapi_extra.get("parameters", []), *POSTERIOR_OPTIONS]}
+
+
+def _query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter in [low, high], read by hand like the upload options (see payloads.query_flag)."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise HTTPException(422, f"query.{name}: must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise HTTPException(422, f"query.{name}: must be between {low} and {high}, got {number}")
+    return number
+
+
+def posterior_options(request: Request, serving: Serving) -> tuple[int, int] | None:
+    """(samples per image, seed) when the request asks for posterior samples (`samples` > 0), else None."""
+    samples = _query_int(request, "samples", 0, 0, serving.settings.max_posterior_samples)
+    if not samples:
+        return None
+    seed = _query_int(request, "seed", None, 0, MAX_SEED)
+    return samples, secrets.randbelow(2**31) if seed is None else seed
+
+
+def check_sample_budget(what: str, k: int, images: int, serving: Serving) -> None:
+    limit = serving.settings.max_posterior_samples
+    if k * images > limit:
+        raise HTTPException(422, f"{what} x images is {k} x {images} = {k * images}, the limit is {limit} "
+                                 f"(VAE_MAX_POSTERIOR_SAMPLES): send fewer images or a smaller {what}")
+
+
+async def sample_posterior(serving: Serving, images: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
+    """Encode (through the encode batcher) and draw k samples per image: mean, scale_tril, covariance, samples."""
+    check_sample_budget("samples", k, len(images), serving)
+    out = await serving.batchers.encode.submit(images, len(images))
+    return {**out, "samples": posterior_samples(out["mean"], out["scale_tril"], k, seed)}
+
+
+def rows_png(images: np.ndarray) -> bytes:
+    """(R, C, 28, 28[, 1]) in [0, 1] -> a PNG of R rows of C images (a strip for R = 1)."""
+    rows, cols = images.shape[:2]
+    grid = images.reshape(rows, cols, SIDE, SIDE).transpose(0, 2, 1, 3).reshape(rows * SIDE, cols * SIDE)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def require_score(serving: Serving) -> None:
+    if serving.batchers.score is None:
+        meta = serving.model.metadata
+        raise HTTPException(409, f"model {meta['model_name']} version {meta['model_version']} has no score signature "
+                                 f"(schema {meta['schema_version']}); export it with schema "
+                                 f"{contract.SIGNATURE_SINCE[contract.SCORE]} or later to score images")
+
+
+def percentiles(nll: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """Where each NLL falls among the test set's (piecewise linear between the stored percentiles, 0 below the
+    smallest, 100 above the largest)."""
+    return np.interp(nll, calibration["values"], calibration["levels"])
+
+
+def is_outlier(percentile: np.ndarray, threshold: float, test: Test) -> np.ndarray:
+    """upper: less likely than `threshold` percent of test digits. two-sided (a typicality test): outside the central
+    `threshold` percent, so images more likely than nearly every test digit (blank ones) are flagged too."""
+    if test == "upper":
+        return percentile > threshold
+    tail = (100 - threshold) / 2
+    return (percentile > 100 - tail) | (percentile < tail)
+
+
+@router.post("/score", responses=schemas.ERRORS | {409: {"model": schemas.Problem}},
+             openapi_extra=schemas.images_request_body())
+async def score(request: Request,
+                k: Annotated[int | None, Query(ge=1, description="Importance samples per image; absent: the k the "
+                                               "model was calibrated with.")] = None,
+                seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, description="Image i of the request uses noise "
+                                                  "seed + i; absent: random, returned.")] = None,
+                threshold: Annotated[float, Query(gt=0, lt=100, description="Percentile of the test set's NLL "
+                                                  "beyond which an image is an outlier.")] = DEFAULT_THRESHOLD,
+                test: Annotated[Test, Query(description="'upper': outlier when less likely than `threshold`% of "
+                                            "test digits; 'two-sided' (typicality): also when more likely than "
+                                            "nearly all of them (e.g. blank images).")] = "upper") -> Response:
+    """Per image: the negative ELBO (analytic KL, k-sample distortion), KL, distortion, and the importance-weighted
+    estimate of -log p(x) (`nll`), in nats; its percentile among MNIST test digits and an outlier decision. Pixels
+    are scored as given (grey values: Bernoulli cross-entropy), after the same upload preprocessing as encode."""
+    serving = ready_serving(request)
+    require_score(serving)
+    calibration = serving.model.metadata.get("calibration")
+    k = k or (calibration["k"] if calibration else DEFAULT_K)
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    batch = await read_images(request, serving.settings)
+    images = batch.images
+    check_sample_budget("k", k, len(images), serving)
+    seeds = np.arange(seed, seed + len(images), dtype=np.int64)
+    out = await serving.batchers.score.submit(((k,), images, seeds), len(images))
+    scores = [{"seed": int(s), **{name: float(out[name][i]) for name in ("elbo", "kl", "distortion", "nll")}}
+              for i, s in enumerate(seeds)]
+    if calibration:
+        percentile = percentiles(out["nll"], calibration)
+        outlier = is_outlier(percentile, threshold, test)
+        for row, p, o in zip(scores, percentile, outlier, strict=True):
+            row.update(percentile=float(p), outlier=bool(o))
+    return json_response({**serving.model.identity, "k": k, "seed": seed, "threshold": threshold, "test": test,
+                          "calibration": calibration and {key: calibration[key] for key in ("score", "k", "images")},
+                          "scores": scores, **batch.response_fields()})
+
+
+async def _end_points(request: Request, serving: Serving) -> np.ndarray:
+    """The two latent vectors to interpolate between: JSON `latents`, or the posterior means of two images (JSON
+    `images` or multipart files, preprocessed like encode's)."""
+    d = serving.model.latent_size
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        images = (await read_images(request, serving.settings)).images
+    else:
+        document = await read_json(request, serving.settings)
+        if "latents" in document:
+            latents = json_array(document, "latents", (d,), 2)
+            if len(latents) != 2:
+                raise HTTPException(422, f"'latents' must hold exactly 2 vectors, got {len(latents)}")
+            return latents
+        images = json_array(document, "images", (SIDE, SIDE), 2)
+        if images.min() < 0 or images.max() > 1:
+            raise HTTPException(422, f"'images' values must lie in [0, 1], got {images.min():g} to {images.max():g}")
+        images = images.reshape(len(images), SIDE, SIDE, 1)
+    if len(images) != 2:
+        raise HTTPException(422, f"interpolation needs exactly 2 images, got {len(images)}")
+    return (await serving.batchers.encode.submit(images, 2))["mean"]
+
+
+@router.post("/interpolate", responses={200: {"content": schemas.PNG}, **schemas.ERRORS},
+             openapi_extra=schemas.images_request_body())
+async def interpolate(request: Request,
+                      steps: Annotated[int, Query(ge=2, description="Points on the path, both ends included.")] = 8,
+                      path: Annotated[Literal["linear", "spherical"], Query(description="Straight line, or the great "
+                                      "circle between the two directions (slerp).")] = "linear",
+                      output: Annotated[Output, Query(description="'mode' or 'probs'.")] = "mode",
+                      format: Annotated[Format | None, Query(description="'png' (a strip) or 'json'; absent: PNG if "
+                                                             "Accept names image/png.")] = None) -> Response:
+    """Decode `steps` points on a path between two latent vectors (JSON `latents`) or two images' posterior means
+    (JSON `images` or two uploaded files). t = 0 and t = 1 decode exactly the end points."""
+    serving = ready_serving(request)
+    if steps > serving.settings.max_samples:
+        raise HTTPException(422, f"steps must be at most {serving.settings.max_samples}, got {steps}")
+    start, end = await _end_points(request, serving)
+    latents = interpolate_path(start, end, steps, path)
+    out = await serving.batchers.decode.submit(latents, steps)
+    if wants_png(request, format):
+        return Response(rows_png(out[output][None]), media_type="image/png")
+    return json_response({**serving.model.identity, "path": path, "steps": steps, "output": output,
+                          "t": np.linspace(0.0, 1.0, steps), "latents": latents,
+                          "images": out[output].reshape(steps, SIDE, SIDE)})

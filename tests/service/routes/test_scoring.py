@@ -1,0 +1,218 @@
+"""POST /v1/score, /v1/interpolate and posterior samples on encode/reconstruct, against the bundled version 2 (and
+version 1 for the clear 409)."""
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.batching import keyed, same_key
+from service.latents import interpolate, posterior_samples
+from service.main import create_app
+from service.routes.scoring import is_outlier, percentiles
+from service.settings import REPO_ROOT, Settings
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+V1, V2 = (REPO_ROOT / "models" / "mnist_vae" / str(version) for version in (1, 2))
+
+
+def started(client: TestClient) -> TestClient:
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "not ready after 120 s"
+        time.sleep(0.05)
+    return client
+
+
+@pytest.fixture(scope="module")
+def v2() -> TestClient:
+    with TestClient(create_app(Settings(model_dir=V2))) as client:
+        yield started(client)
+
+
+@pytest.fixture(scope="module")
+def v1() -> TestClient:
+    with TestClient(create_app(Settings(model_dir=V1))) as client:
+        yield started(client)
+
+
+@pytest.fixture(scope="module")
+def real_digits() -> np.ndarray:
+    """300 real MNIST test digits (the last of the test set) as (N, 28, 28) in [0, 1]."""
+    return np.load(FIXTURES / "mnist_test_digits.npz")["images"].astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def v2_signatures():
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(V2)).signatures
+
+
+def score(client: TestClient, images: np.ndarray, **params) -> dict:
+    response = client.post("/v1/score", params=params, json={"images": images.tolist()})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_score_fields_and_determinism(v2, real_digits):
+    body = score(v2, real_digits[:3], seed=11)
+    assert body["version"] == 2 and body["seed"] == 11 and body["k"] == body["calibration"]["k"] == 32
+    assert body["threshold"] == 99 and body["test"] == "upper"
+    rows = body["scores"]
+    assert [row["seed"] for row in rows] == [11, 12, 13]
+    for row in rows:
+        assert row["elbo"] == pytest.approx(row["kl"] + row["distortion"], abs=1e-3)
+        assert 0 < row["nll"] < 400 and 0 < row["kl"] < row["elbo"]
+        assert 0 <= row["percentile"] <= 100 and row["outlier"] is False
+    assert score(v2, real_digits[:3], seed=11)["scores"] == rows
+    assert score(v2, real_digits[:3], seed=12)["scores"][0]["nll"] != rows[0]["nll"]
+
+
+def test_score_independent_of_request_and_batch(v2, real_digits, v2_signatures):
+    """Image i of a request uses seed + i, whatever else is in the request or the merged batch."""
+    import tensorflow as tf
+
+    together = score(v2, real_digits[:4], seed=50)["scores"]
+    alone = score(v2, real_digits[2:3], seed=52)["scores"][0]
+    assert alone["nll"] == pytest.approx(together[2]["nll"], abs=1e-3)
+    # The batcher's function merges requests with the same k into one call: same numbers as separate calls.
+    run = keyed(lambda images, seeds, k: {name: value.numpy() for name, value in v2_signatures["score"](
+        images=tf.constant(images), k=tf.constant(k), seeds=tf.constant(seeds)).items()})
+    x = real_digits[:4, ..., None]
+    merged = run([((32,), x[2:3], np.array([52], np.int64)), ((32,), x[2:4], np.array([52, 53], np.int64))])
+    assert merged[0]["nll"][0] == pytest.approx(alone["nll"], abs=1e-3)
+    assert merged[1]["nll"][0] == pytest.approx(alone["nll"], abs=1e-3)
+    assert merged[1]["nll"][1] == pytest.approx(together[3]["nll"], abs=1e-3)
+    assert same_key(((32,), x, None), ((32,), x, None)) and not same_key(((32,), x, None), ((8,), x, None))
+
+
+def test_real_digits_mostly_pass_and_noise_is_always_flagged(v2, real_digits):
+    """At the default threshold (99th percentile) about 1% of real test digits are flagged: with 300 digits, the
+    binomial sd is 0.6%, so the bound is 5%. Uniform noise is far beyond every test digit."""
+    flagged = [row["outlier"] for lo in range(0, 300, 100) for row in score(v2, real_digits[lo:lo + 100])["scores"]]
+    assert np.mean(flagged) <= 0.05
+    noise = np.random.default_rng(0).random((20, 28, 28), dtype=np.float32)
+    rows = score(v2, noise)["scores"]
+    assert all(row["outlier"] and row["percentile"] == 100 for row in rows)
+
+
+def test_two_sided_test_changes_only_the_decision(v2, real_digits):
+    one = score(v2, real_digits[:3], seed=4)["scores"]
+    two = score(v2, real_digits[:3], seed=4, test="two-sided")
+    assert two["test"] == "two-sided"
+    for a, b in zip(one, two["scores"], strict=True):
+        assert a["nll"] == b["nll"] and a["percentile"] == b["percentile"]
+        assert b["outlier"] == (not 0.5 <= b["percentile"] <= 99.5)
+
+
+def test_percentiles_are_monotone_in_the_score():
+    calibration = {"levels": [0, 1, 50, 99, 100], "values": [40.0, 50.0, 80.0, 150.0, 200.0]}
+    nll = np.linspace(0, 300, 301)
+    pct = percentiles(nll, calibration)
+    assert np.all(np.diff(pct) >= 0) and pct[0] == 0 and pct[-1] == 100 and pct[80] == 50
+    assert list(is_outlier(np.array([0.2, 50, 99.2, 99.9]), 99, "upper")) == [False, False, True, True]
+    assert list(is_outlier(np.array([0.2, 50, 99.2, 99.9]), 99, "two-sided")) == [True, False, False, True]
+
+
+def test_score_uploads_go_through_the_upload_preprocessing(v2, digit_pngs, as_files):
+    response = v2.post("/v1/score", params={"seed": 1}, files=as_files(*digit_pngs[:2]))
+    assert response.status_code == 200, response.text
+    assert [row["outlier"] for row in response.json()["scores"]] == [False, False]
+
+
+def test_score_bad_input_is_a_clear_4xx(v2, real_digits):
+    images = {"images": real_digits[:2].tolist()}
+    response = v2.post("/v1/score", params={"k": 10_000}, json=images)
+    assert response.status_code == 422 and "k x images is 10000 x 2 = 20000" in response.json()["detail"]
+    assert v2.post("/v1/score", params={"threshold": 100}, json=images).status_code == 422
+    assert v2.post("/v1/score", params={"test": "left"}, json=images).status_code == 422
+    assert v2.post("/v1/score", json={"images": [[[2.0] * 28] * 28]}).status_code == 422
+
+
+def test_version_1_is_served_and_new_routes_name_what_it_lacks(v1, real_digits):
+    assert v1.post("/v1/encode", json={"images": real_digits[:1].tolist()}).status_code == 200
+    response = v1.post("/v1/score", json={"images": real_digits[:1].tolist()})
+    assert response.status_code == 409
+    assert response.json()["detail"] == ("model mnist_vae version 1 has no score signature (schema 1); export it "
+                                         "with schema 2 or later to score images")
+    # Posterior samples and interpolation need only encode and decode: version 1 has them.
+    assert v1.post("/v1/encode", params={"samples": 2}, json={"images": real_digits[:1].tolist()}).status_code == 200
+    latents = {"latents": [[0.0] * 16, [1.0] * 16]}
+    assert v1.post("/v1/interpolate", json=latents).status_code == 200
+
+
+def test_posterior_samples_match_the_encoder(v2, real_digits):
+    """4,000 draws: each mean within 5 standard errors (sd_j / sqrt(n)) of the encoder's mean, each covariance entry
+    within 5 standard errors (sqrt((S_ii S_jj + S_ij^2) / n), the Gaussian sample covariance's)."""
+    n = 4000
+    body = v2.post("/v1/encode", params={"samples": n, "seed": 3}, json={"images": real_digits[:1].tolist()}).json()
+    samples, mean, cov = (np.array(body[key])[0] for key in ("samples", "mean", "covariance"))
+    assert samples.shape == (n, 16) and body["seed"] == 3
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(samples.mean(0) - mean) < 5 * sd / np.sqrt(n))
+    tolerance = 5 * np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
+    assert np.all(np.abs(np.cov(samples, rowvar=False) - cov) < tolerance)
+    again = v2.post("/v1/encode", params={"samples": 5, "seed": 3}, json={"images": real_digits[:2].tolist()}).json()
+    np.testing.assert_allclose(np.array(again["samples"])[0], samples[:5], atol=1e-5)  # seeded per (seed, image)
+
+
+def test_posterior_samples_cap_and_unknown_values(v2, real_digits):
+    images = {"images": real_digits[:2].tolist()}
+    response = v2.post("/v1/encode", params={"samples": 10_000}, json=images)
+    assert response.status_code == 422 and "VAE_MAX_POSTERIOR_SAMPLES" in response.json()["detail"]
+    assert v2.post("/v1/encode", params={"samples": "many"}, json=images).status_code == 422
+
+
+def test_reconstruct_decodes_the_posterior_samples(v2, real_digits, v2_signatures):
+    body = v2.post("/v1/reconstruct", params={"samples": 3, "seed": 9, "output": "probs"},
+                   json={"images": real_digits[:2].tolist()}).json()
+    samples, images = np.array(body["samples"], np.float32), np.array(body["images"])
+    assert samples.shape == (2, 3, 16) and images.shape == (2, 3, 28, 28)
+    expected = v2_signatures["decode"](latents=samples.reshape(6, 16))["probs"].numpy().reshape(2, 3, 28, 28)
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    assert not np.allclose(images[0, 0], images[0, 1]), "the samples differ"
+    png = v2.post("/v1/reconstruct", params={"samples": 3, "format": "png"}, json={"images": real_digits[:2].tolist()})
+    assert png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (3 * 28, 2 * 28)
+
+
+@pytest.mark.parametrize("path", ["linear", "spherical"])
+def test_interpolation_end_points_are_the_decoded_end_points(v2, v2_signatures, path):
+    a, b = np.linspace(-1, 1, 16), np.linspace(2, -0.5, 16)
+    body = v2.post("/v1/interpolate", params={"steps": 6, "path": path, "output": "probs"},
+                   json={"latents": [a.tolist(), b.tolist()]}).json()
+    latents, images = np.array(body["latents"], np.float32), np.array(body["images"])
+    assert latents.shape == (6, 16) and images.shape == (6, 28, 28) and body["t"][0] == 0 and body["t"][-1] == 1
+    np.testing.assert_array_equal(latents[[0, -1]], np.float32([a, b]))
+    ends = v2_signatures["decode"](latents=np.float32([a, b]))["probs"].numpy()[..., 0]
+    np.testing.assert_allclose(images[[0, -1]], ends, atol=1e-6)
+
+
+def test_interpolation_between_images_starts_and_ends_at_their_encodings(v2, v2_signatures, digit_pngs, as_files):
+    body = v2.post("/v1/interpolate", params={"steps": 4, "format": "json"}, files=as_files(*digit_pngs[:2])).json()
+    means = v2.post("/v1/encode", files=as_files(*digit_pngs[:2])).json()["mean"]
+    np.testing.assert_allclose(np.array(body["latents"])[[0, -1]], means, atol=1e-6)
+    strip = v2.post("/v1/interpolate", params={"steps": 4, "format": "png"}, files=as_files(*digit_pngs[:2]))
+    assert strip.headers["content-type"] == "image/png"
+    assert v2.post("/v1/interpolate", files=as_files(*digit_pngs[:3])).status_code == 422
+    assert v2.post("/v1/interpolate", params={"steps": 1}, json={"latents": [[0.0] * 16] * 2}).status_code == 422
+
+
+def test_spherical_path_keeps_the_norm_of_equal_norm_end_points():
+    a, b = np.eye(16)[0] * 4, np.eye(16)[1] * 4
+    points = interpolate(a, b, 9, "spherical")
+    np.testing.assert_allclose(np.linalg.norm(points, axis=1), 4, rtol=1e-5)
+    assert np.linalg.norm(interpolate(a, b, 9, "linear")[4]) == pytest.approx(4 / np.sqrt(2), rel=1e-5)
+
+
+def test_posterior_samples_depend_on_seed_and_image_index_only():
+    mean = np.zeros((3, 4), np.float32)
+    tril = np.broadcast_to(np.eye(4, dtype=np.float32), (3, 4, 4))
+    a = posterior_samples(mean, tril, 5, seed=1)
+    np.testing.assert_array_equal(a[1], posterior_samples(mean[:2], tril[:2], 5, seed=1)[1])
+    assert not np.allclose(a[0], a[1]) and not np.allclose(a, posterior_samples(mean, tril, 5, seed=2))
