@@ -74,6 +74,7 @@ class ModelInfo(BaseModel):
     default_signature: str
     training: dict[str, Any] | None
     metrics: dict[str, Any] | None
+    calibration: dict[str, Any] | None = Field(None, description="NLL percentiles on the MNIST test set (schema 2).")
     versions: dict[str, Any] | None
     git_commit: str | None
     created_at: str | None
