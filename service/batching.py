@@ -60,9 +60,13 @@ class Batcher:
 
     def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
                  metrics: Metrics, version: str = "", deadline_s: float = float("inf"),
-                 same_batch: Callable[[Any, Any], bool] | None = None):
+                 same_batch: Callable[[Any, Any], bool] | None = None, warm: Callable[[int], Any] | None = None,
+                 ready_size: int | None = None):
         """same_batch(first, other): whether a payload may join the batch of `first` (default: any may).
-        deadline_s: a request that waited longer in the queue is failed with DeadlineExceededError, not computed."""
+        deadline_s: a request that waited longer in the queue is failed with DeadlineExceededError, not computed.
+        warm(size), ready_size: the padded sizes up to ready_size were warmed before the version became ready; the
+        model thread warms the larger ones (bucket_sizes(max_size)) itself, one between batches or all while idle,
+        and merges batches only up to the largest size warmed so far, so every call runs at a warmed size."""
         # Bad settings fail here, when the app starts, not at the first request.
         if max_size < 1:
             raise ValueError(f"batch max size must be >= 1, got {max_size}")
@@ -81,6 +85,11 @@ class Batcher:
         self._same_batch = same_batch
         self._queue: queue.Queue[_Item] = queue.Queue(queue_max)  # and _STOP
         self._carry: _Item | None = None  # model thread only: an item that did not fit into the previous batch
+        self._warm = warm
+        growing = warm is not None and ready_size is not None and ready_size < max_size
+        # model thread only: the largest batch merged now, and the padded sizes still to warm before raising it
+        self._limit = ready_size if growing else max_size
+        self._to_warm = [size for size in bucket_sizes(max_size) if size > self._limit] if growing else []
         self._waiting: set[asyncio.Future] = set()  # event loop only
         self._stopped = False  # event loop only
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,6 +156,7 @@ class Batcher:
     def _run(self) -> None:
         """The model thread: collect a batch, call the model, hand the results to the event loop; until _STOP."""
         while (batch := self._collect()) is not None:
+            self._warm_next()  # one size per batch under load: each delays the queue by one call at that size
             # Callers that went away, or were failed by stop(), are not computed; nor are those queued past the
             # deadline. done() is read off the loop's thread: at worst a caller cancelled right now is computed
             # for nothing.
@@ -161,6 +171,8 @@ class Batcher:
                 outcomes.append((_fail, expired, DeadlineExceededError(
                     f"{self.name}: waited in the queue longer than {self.deadline_s * 1000:.0f} ms; retry later")))
             if live:
+                while self._to_warm and sum(item.size for item in live) > self._limit:
+                    self._warm_next()  # a request larger than the batches merged so far: its padded size first
                 try:
                     results = self._call(live, now)
                 except Exception as err:  # keep serving: every caller of the batch gets the error
@@ -186,6 +198,8 @@ class Batcher:
         some, up to max_delay after the first. A lone request waits one loop turn (about 0.1 ms). None: stop."""
         first, self._carry = self._carry, None
         idle = False
+        while first is None and self._to_warm and self._queue.empty():
+            self._warm_next()  # idle: warm the larger sizes now
         if first is None:
             try:
                 first = self._queue.get_nowait()
@@ -195,20 +209,37 @@ class Batcher:
             return None
         batch, size = [first], first.size
         deadline = first.enqueued + self.max_delay_s
-        while size < self.max_size:
+        while size < self._limit:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 if not (idle and self._loop_turn(deadline - time.perf_counter())) or self._queue.empty():
                     break
                 continue
-            if not self._joins(first, item) or size + item.size > self.max_size:
+            if not self._joins(first, item) or size + item.size > self._limit:
                 self._carry = item
                 break
             batch.append(item)
             size += item.size
         self._queue_depth.set(self._queue.qsize())
         return batch
+
+    def _warm_next(self) -> None:
+        """Warm the next larger padded size and raise the batch limit to it (model thread only). A failure stops the
+        growth (the version already passed its warm-up at the smaller sizes): batches stay at the sizes warmed."""
+        if not self._to_warm:
+            return
+        size = self._to_warm.pop(0)
+        try:
+            self._warm(size)
+        except Exception:
+            log.exception("%s v%s warm-up at batch size %d failed; batches stay at %d", self.name, self.version, size,
+                          self._limit)
+            self._to_warm = []
+            return
+        self._limit = size
+        if not self._to_warm:
+            log.info("%s v%s warmed up to batch size %d", self.name, self.version, size)
 
     def _joins(self, first: _Item, item: _Item) -> bool:
         if item is _STOP:
@@ -262,6 +293,11 @@ def bucket_sizes(max_size: int) -> list[int]:
     for k in range(max_size.bit_length()):
         sizes.update(step * 2**k // 4 for step in ((4, 5, 6, 7) if k >= 4 else (4, 6)))
     return sorted(size for size in sizes if size < max_size) + [max_size]
+
+
+def ready_sizes(max_size: int, ready_size: int) -> list[int]:
+    """The padded sizes warmed before a version becomes ready: those up to ready_size (the batchers warm the rest)."""
+    return [size for size in bucket_sizes(max_size) if size <= ready_size]
 
 
 def stacked(fn: Callable[[np.ndarray], dict[str, np.ndarray]], buckets: Sequence[int] = ()) -> BatchFn:
@@ -326,17 +362,25 @@ class Batchers:
 
     @classmethod
     def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, metrics: Metrics,
-                  deadline_s: float = float("inf")) -> "Batchers":
+                  deadline_s: float = float("inf"), ready_size: int | None = None) -> "Batchers":
         """The batchers of one model version: each calls that version's model only, so a version's requests can never
-        reach another version's model (there is no model reference to swap)."""
+        reach another version's model (there is no model reference to swap). ready_size: the padded batch sizes up to
+        it are warmed before the version is ready (model.warm_up(ready_sizes(...))); the padded signatures' model
+        threads warm the larger ones (None: all are warmed before)."""
         def batcher(name: str, batch_fn: BatchFn, **options) -> Batcher:
             return Batcher(name, batch_fn, max_size=max_size, max_delay_s=max_delay_s, queue_max=queue_max,
                            metrics=metrics, version=str(model.version), deadline_s=deadline_s, **options)
 
         buckets = bucket_sizes(max_size)
-        return cls(encode=batcher("encode", stacked(model.encode, buckets)),
-                   decode=batcher("decode", stacked(model.decode, buckets)),
-                   reconstruct=batcher("reconstruct", stacked(model.reconstruct, buckets)),
+        image_shape = model.metadata["image_shape"]
+
+        def padded(name: str, fn: Callable[[np.ndarray], dict], row_shape: Sequence[int]) -> Batcher:
+            return batcher(name, stacked(fn, buckets), ready_size=ready_size,
+                           warm=lambda size: fn(np.zeros((size, *row_shape), np.float32)))
+
+        return cls(encode=padded("encode", model.encode, image_shape),
+                   decode=padded("decode", model.decode, (model.latent_size,)),
+                   reconstruct=padded("reconstruct", model.reconstruct, image_shape),
                    sample=batcher("sample", shared(model.sample), same_batch=operator.eq),
                    score=batcher("score", keyed(lambda images, seeds, k: model.score(images, k, seeds)),
                                  same_batch=same_key) if model.has_signature("score") else None)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import contract
-from service.batching import Batchers, bucket_sizes
+from service.batching import Batchers, ready_sizes
 from service.deps import Serving
 from service.metrics import Metrics
 from service.model import ModelContractError, load_model, read_model_metadata
@@ -219,7 +219,8 @@ class Registry:
             batchers = Batchers.for_model(model, max_size=settings.batch_max_size,
                                           max_delay_s=settings.batch_max_delay_ms / 1000,
                                           queue_max=settings.queue_max, metrics=self.metrics,
-                                          deadline_s=settings.queue_deadline_ms / 1000)
+                                          deadline_s=settings.queue_deadline_ms / 1000,
+                                          ready_size=settings.batch_ready_size)
         except ModelContractError as err:
             self._refuse(record, "FAILED_PRECONDITION", str(err))
         except Exception as err:  # TensorFlow's errors for a corrupt or unreadable SavedModel, among others
@@ -236,8 +237,8 @@ class Registry:
                 return
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(record.serving.model.warm_up, bucket_sizes(self.settings.batch_max_size),
-                                    self.settings.warm_up_threads)
+            await asyncio.to_thread(record.serving.model.warm_up, ready_sizes(self.settings.batch_max_size,
+                                    self.settings.batch_ready_size), self.settings.warm_up_threads)
         except Exception as err:
             self._refuse(record, "UNKNOWN", f"warm-up failed: {type(err).__name__}: {err}")
             return

@@ -360,3 +360,57 @@ def test_shared_calls_once_for_identical_arguments():
     assert calls == [(2, 7)]
     with pytest.raises(RuntimeError, match="different arguments"):
         shared(sample)([(2, 7), (3, 7)])
+
+
+def run_growing(requests: list[tuple[int, int]]) -> tuple[list, list]:
+    """A batcher of max_size 16 ready at 4 (sizes up to 4 warmed): its model thread warms 6, 8, 12, 16 itself. The
+    first warm is held until `requests` are queued. Returns the warms and calls in their order, and the results."""
+    events: list[tuple] = []
+    release = threading.Event()
+
+    def warm(size: int) -> None:
+        release.wait(5)
+        events.append(("warm", size))
+
+    def batch_fn(payloads):
+        events.append(("call", list(payloads)))
+        return [p * 10 for p in payloads]
+
+    async def scenario():
+        batcher = make(batch_fn, max_size=16, ready_size=4, warm=warm)
+        batcher.start()
+        queued = [asyncio.create_task(batcher.submit(payload, size)) for payload, size in requests]
+        await asyncio.sleep(0.01)
+        release.set()
+        results = await asyncio.gather(*queued)
+        for _ in range(500):  # the idle model thread warms the rest
+            if ("warm", 16) in events:
+                break
+            await asyncio.sleep(0.01)
+        await batcher.stop()
+        return events, results
+
+    return asyncio.run(scenario())
+
+
+def test_batches_grow_only_up_to_the_sizes_warmed():
+    events, results = run_growing([(i, 1) for i in range(10)])
+    # warm 6 (idle, at start), batch of 6 collected, warm 8 (one per batch), its call, then the other 4
+    assert events[:4] == [("warm", 6), ("warm", 8), ("call", list(range(6))), ("warm", 12)]
+    assert events[4:] == [("call", list(range(6, 10))), ("warm", 16)]
+    assert results == [i * 10 for i in range(10)]
+
+
+def test_request_larger_than_the_warmed_sizes_warms_its_size_first():
+    events, results = run_growing([(7, 10)])  # 10 images: padded to 12
+    assert events == [("warm", 6), ("warm", 8), ("warm", 12), ("call", [7]), ("warm", 16)]
+    assert results == [70]
+
+
+def test_failed_warm_stops_the_growth_and_keeps_serving():
+    def warm(size: int) -> None:
+        raise RuntimeError("no memory")
+
+    calls, results = run_held([(i, 1) for i in range(1, 11)], max_size=16, ready_size=4, warm=warm)
+    assert all(len(call) <= 4 for call in calls)  # batches never pass the sizes warmed before ready
+    assert results == [i * 10 for i in range(11)]
