@@ -136,8 +136,8 @@ def test_background_block_is_the_ratio_of_the_scores(v2, digits, mnist_dir):
 
 
 def test_bundled_background_flags_blank_images_not_digits(v2, digits):
-    """The stored llr percentiles: real test digits fall around the median, a blank image below the 1st percentile
-    (where the NLL alone puts it among the more likely digits)."""
+    """The stored llr percentiles: real test digits fall around the median, a blank image below the 2.5th percentile
+    (where the NLL alone puts it among the more likely half of the digits)."""
     from training.evaluate import background_log_prob
 
     calibration = contract.Calibration.model_validate(contract.read_metadata(V2)["calibration"])
@@ -150,4 +150,4 @@ def test_bundled_background_flags_blank_images_not_digits(v2, digits):
     llr = -nll - background_log_prob(x, np.array(background.probs))
     percentile = np.interp(llr, background.values, background.levels)
     assert 20 < np.median(percentile[:-1]) < 80 and (percentile[:-1] < 1).mean() <= 0.05
-    assert percentile[-1] < 1 and np.interp(nll[-1], calibration.values, calibration.levels) < 50
+    assert percentile[-1] < 2.5 and np.interp(nll[-1], calibration.values, calibration.levels) < 50
