@@ -136,8 +136,8 @@ def test_background_block_is_the_ratio_of_the_scores(v2, digits, mnist_dir):
 
 
 def test_bundled_background_flags_blank_images_not_digits(v2, digits):
-    """The stored llr percentiles: real test digits fall around the median, a blank image below the 2.5th percentile
-    (where the NLL alone puts it among the more likely half of the digits)."""
+    """The stored llr percentiles: real test digits fall around the median, blank images (20 noise seeds: their k = 32
+    NLL varies a lot) around the 2nd percentile, where the NLL alone puts them among the more likely digits."""
     from training.evaluate import background_log_prob
 
     calibration = contract.Calibration.model_validate(contract.read_metadata(V2)["calibration"])
@@ -145,9 +145,11 @@ def test_bundled_background_flags_blank_images_not_digits(v2, digits):
     assert background.images == 10_000 and len(background.probs) == 784
     assert np.all(np.diff(background.values) >= 0)
     root, _ = v2
-    x = np.concatenate([digits[0], np.zeros((1, 28, 28, 1), np.float32)])
-    nll = call(root, x, np.arange(len(x)))["nll"]
-    llr = -nll - background_log_prob(x, np.array(background.probs))
-    percentile = np.interp(llr, background.values, background.levels)
-    assert 20 < np.median(percentile[:-1]) < 80 and (percentile[:-1] < 1).mean() <= 0.05
-    assert percentile[-1] < 2.5 and np.interp(nll[-1], calibration.values, calibration.levels) < 50
+    probs = np.array(background.probs)
+    nll = call(root, digits[0], np.arange(len(digits[0])))["nll"]
+    percentile = np.interp(-nll - background_log_prob(digits[0], probs), background.values, background.levels)
+    assert 20 < np.median(percentile) < 80 and (percentile < 1).mean() <= 0.05
+    blank = np.zeros((20, 28, 28, 1), np.float32)
+    nll = call(root, blank, np.arange(100, 120))["nll"]
+    percentile = np.interp(-nll - background_log_prob(blank, probs), background.values, background.levels)
+    assert np.median(percentile) < 3 and np.median(np.interp(nll, calibration.values, calibration.levels)) < 50
