@@ -3,8 +3,9 @@
 Every image goes through the running service's POST /v1/score (in-process app, the model given by --model-dir), in
 two ways: as JSON arrays in [0, 1] (scored as they are) and as PNG uploads with the default upload options (the
 service's own preprocessing). Per out-of-distribution set: AUROC of the NLL (higher = more anomalous) against real
-test digits, and the share flagged at the default threshold, for the one-sided test (the route's default) and the
-two-sided typicality test (`test=two-sided`). The false-positive rate is the share of real test digits flagged.
+test digits, and the share flagged at the default threshold, for the one-sided test (the route's default), the
+two-sided typicality test (`test=two-sided`) and the likelihood ratio against the background model (`test=ratio`,
+score -llr: lower llr = more anomalous). The false-positive rate is the share of real test digits flagged.
 
     python bench/ood.py --data-dir ../shared/data/mnist --out bench/results/ood.json
 """
@@ -114,8 +115,9 @@ def png(image):
 
 
 def score(client, images, mode, seed, batch=64):
-    """NLL and percentile of every image, through POST /v1/score (default k, threshold and preprocessing)."""
-    nll, percentile = [], []
+    """NLL, its percentile, llr and its percentile of every image, through POST /v1/score (default k, threshold and
+    preprocessing; the llr fields come with every response of a model with a background model)."""
+    nll, percentile, llr, llr_percentile = [], [], [], []
     for lo in range(0, len(images), batch):
         part = images[lo : lo + batch]
         if mode == "json":
@@ -127,10 +129,15 @@ def score(client, images, mode, seed, batch=64):
         rows = response.json()["scores"]
         nll += [row["nll"] for row in rows]
         percentile += [row["percentile"] for row in rows]
-    return np.array(nll), np.array(percentile)
+        llr += [row["llr"] for row in rows]
+        llr_percentile += [row["llr_percentile"] for row in rows]
+    return np.array(nll), np.array(percentile), np.array(llr), np.array(llr_percentile)
 
 
 def flagged(percentile, threshold, test):
+    """As the route decides (service/routes/scoring.py); for 'ratio' `percentile` is the llr's."""
+    if test == "ratio":
+        return percentile < 100 - threshold
     if test == "upper":
         return percentile > threshold
     tail = (100 - threshold) / 2
@@ -165,21 +172,26 @@ def main(argv=None):
         meta = client.get("/v1/model").json()
         result["model"] = {"name": meta["name"], "version": meta["version"]}
         for mode in ("json", "upload"):
-            in_nll, in_pct = score(client, inliers, mode, seed=1_000_000)
+            in_nll, in_pct, in_llr, in_llr_pct = score(client, inliers, mode, seed=1_000_000)
             rows = {"mnist_test": {"images": len(inliers), "median_nll": float(np.median(in_nll)),
+                                   "median_llr": float(np.median(in_llr)),
                                    "flagged_upper": float(flagged(in_pct, args.threshold, "upper").mean()),
-                                   "flagged_two_sided": float(flagged(in_pct, args.threshold, "two-sided").mean())}}
+                                   "flagged_two_sided": float(flagged(in_pct, args.threshold, "two-sided").mean()),
+                                   "flagged_ratio": float(flagged(in_llr_pct, args.threshold, "ratio").mean())}}
             for name, images in sets.items():
-                nll, pct = score(client, images, mode, seed=2_000_000)
+                nll, pct, llr, llr_pct = score(client, images, mode, seed=2_000_000)
                 labels = np.r_[np.zeros(len(in_nll)), np.ones(len(nll))]
                 typicality_in, typicality_out = np.abs(in_pct - 50), np.abs(pct - 50)
                 rows[name] = {
                     "images": len(images),
                     "median_nll": float(np.median(nll)),
                     "auroc_nll": float(roc_auc_score(labels, np.r_[in_nll, nll])),
+                    "median_llr": float(np.median(llr)),
                     "auroc_two_sided": float(roc_auc_score(labels, np.r_[typicality_in, typicality_out])),
+                    "auroc_ratio": float(roc_auc_score(labels, -np.r_[in_llr, llr])),
                     "flagged_upper": float(flagged(pct, args.threshold, "upper").mean()),
                     "flagged_two_sided": float(flagged(pct, args.threshold, "two-sided").mean()),
+                    "flagged_ratio": float(flagged(llr_pct, args.threshold, "ratio").mean()),
                 }
                 print(mode, name, json.dumps(rows[name]), file=sys.stderr, flush=True)
             result["modes"][mode] = rows

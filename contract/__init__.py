@@ -46,6 +46,26 @@ def tfserving_signature_names() -> tuple[str, ...]:
     return (SERVING_DEFAULT, *REQUIRED_SIGNATURES, SCORE)
 
 
+class Background(BaseModel):
+    """An independent-pixel Bernoulli background model and how the likelihood ratio against it is distributed on the
+    MNIST test set. The ratio llr = log p(x) - log p_bg(x) = nll_bg - nll (nats) cancels what both models find
+    likely in any image (mostly black pixels), so simple images that the VAE alone finds *more* likely than digits
+    (blank ones, Nalisnick et al. 2019) get a low ratio; an image is an outlier when its llr is low (Ren et al.
+    2019 use a background model the same way). log p_bg(x) = sum_j x_j log p_j + (1 - x_j) log(1 - p_j), grey x as
+    given, like the VAE's decoder."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field("independent_bernoulli", description="The background model's kind.")
+    fitted_on: str = Field(description="What the pixel probabilities were fitted on.")
+    smoothing: float = Field(ge=0, description="Laplace smoothing: p_j = (sum_i x_ij + s) / (n + 2 s).")
+    probs: list[float] = Field(min_length=1, description="Pixel probabilities p_j in (0, 1), row-major 28 x 28.")
+    images: int = Field(gt=0, description="Test images the llr percentiles were computed on (their NLL as in the "
+                        "calibration: same k, image i with seed + i).")
+    levels: list[float] = Field(description="Percentile levels in [0, 100], increasing.")
+    values: list[float] = Field(description="llr in nats at each level, non-decreasing.")
+
+
 class Calibration(BaseModel):
     """How the per-image NLL is distributed on the MNIST test set, so the service can turn a score into a
     percentile and an outlier decision. `values[i]` is the `levels[i]` percentile of the NLL (nats)."""
@@ -61,6 +81,8 @@ class Calibration(BaseModel):
                         "divided by 255, grey values scored as given (Bernoulli cross-entropy), not binarized.")
     levels: list[float] = Field(description="Percentile levels in [0, 100], increasing.")
     values: list[float] = Field(description="NLL in nats at each level, non-decreasing.")
+    background: Background | None = Field(None, description="The likelihood-ratio remedy's background model and "
+                                          "llr percentiles; absent in older exports.")
 
 
 class ModelMetadata(BaseModel):

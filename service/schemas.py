@@ -74,7 +74,8 @@ class ModelInfo(BaseModel):
     default_signature: str
     training: dict[str, Any] | None
     metrics: dict[str, Any] | None
-    calibration: dict[str, Any] | None = Field(None, description="NLL percentiles on the MNIST test set (schema 2).")
+    calibration: dict[str, Any] | None = Field(None, description="NLL percentiles on the MNIST test set (schema 2), "
+                                                "and the likelihood-ratio background model when exported with one.")
     versions: dict[str, Any] | None
     git_commit: str | None
     created_at: str | None

@@ -72,10 +72,11 @@ def parser():
     e.add_argument("--seed", type=int, default=0,
                    help="posterior noise: test image i uses the stateless seed+i (default: %(default)s)")
     e.add_argument("--calibrate", action="store_true",
-                   help="also compute the NLL percentiles the service scores against (grey pixels as given)")
+                   help="also compute the NLL percentiles the service scores against (grey pixels as given), and the "
+                        "likelihood-ratio background model (fitted on the training set) with its llr percentiles")
     e.add_argument("--calibration-k", type=_positive_int, default=32,
-                   help="importance samples per image of the calibration (the score route's default k; "
-                        "default: %(default)s)")
+                   help="importance samples per image of the calibration, the score route's default k "
+                        "(default: %(default)s)")
     e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images (default: all)")
     e.add_argument("--figures-dir", help="also write the PNG figures here (default: none)")
     e.add_argument("--update-metadata", action="store_true", help="store the metrics in --model-dir's metadata.json")

@@ -170,11 +170,38 @@ def evaluate(model, x, k=100, batch_size=100, chunk=SCORE_CHUNK, sampling_seed=0
 
 
 CALIBRATION_LEVELS = (0, 0.1, 0.25, 0.5, *range(1, 100), 99.5, 99.75, 99.9, 100)
+BACKGROUND_SMOOTHING = 1.0  # Laplace: no pixel probability is 0 or 1, so every image has a finite log p_bg
 
 
-def calibrate(model, images, k=CALIBRATION_K, seed=0):
+def fit_background(train_images, smoothing=BACKGROUND_SMOOTHING):
+    """Pixel probabilities of an independent-pixel Bernoulli fitted on uint8 training images (pixel/255 as soft
+    labels, Laplace-smoothed): p_j = (sum_i x_ij + s) / (n + 2 s)."""
+    x = train_images.reshape(len(train_images), -1).astype(np.float64) / 255.0
+    return (x.sum(0) + smoothing) / (len(x) + 2 * smoothing)
+
+
+def background_log_prob(x, probs):
+    """log p_bg(x) per image, grey x in [0, 1] as given (the service's service/likelihood_ratio.py computes the
+    same)."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    return x @ np.log(probs) + (1.0 - x) @ np.log1p(-probs)
+
+
+def background_block(nll, x, train_images, smoothing=BACKGROUND_SMOOTHING):
+    """contract.Background: the fitted pixel probabilities and the percentiles of llr = -nll - log p_bg(x) over the
+    test images x whose NLL is `nll`."""
+    probs = fit_background(train_images, smoothing)
+    llr = -np.asarray(nll, np.float64) - background_log_prob(x, probs)
+    return contract.Background(
+        fitted_on=f"MNIST training set, {len(train_images)} images, pixel/255 as soft labels", smoothing=smoothing,
+        probs=[float(p) for p in probs], images=len(x), levels=[float(v) for v in CALIBRATION_LEVELS],
+        values=[float(v) for v in np.maximum.accumulate(np.percentile(llr, CALIBRATION_LEVELS))])
+
+
+def calibrate(model, images, k=CALIBRATION_K, seed=0, train_images=None):
     """contract.Calibration of the NLL score on test images as the service scores them: uint8 pixels / 255, grey
-    values scored as given (not binarized), k importance samples, image i with seed `seed + i`."""
+    values scored as given (not binarized), k importance samples, image i with seed `seed + i`. With uint8
+    train_images, also the likelihood-ratio background model and its llr percentiles on the same test images."""
     start = time.time()
     x = images.astype(np.float32) / 255.0
     nll = score(model, x, k, seed)["nll"]
@@ -183,7 +210,8 @@ def calibrate(model, images, k=CALIBRATION_K, seed=0):
              time.time() - start, np.median(nll), values[CALIBRATION_LEVELS.index(99)])
     return contract.Calibration(score="nll_iwae", k=k, seed=seed, images=len(x), pixels="grey as given (pixel/255)",
                                 levels=[float(v) for v in CALIBRATION_LEVELS],
-                                values=[float(v) for v in np.maximum.accumulate(values)])
+                                values=[float(v) for v in np.maximum.accumulate(values)],
+                                background=None if train_images is None else background_block(nll, x, train_images))
 
 
 def evaluate_command(args):
@@ -205,9 +233,11 @@ def evaluate_command(args):
         history = read_history(args.run_dir)
     metrics = evaluate(model, x, k=args.k, sampling_seed=args.seed)
     print(json.dumps(dataclasses.asdict(metrics), indent=2))
-    calibration = calibrate(model, images, args.calibration_k, args.seed) if args.calibrate else None
-    if calibration is not None:
-        print(calibration.model_dump_json(indent=2))
+    calibration = None
+    if args.calibrate:
+        train_images, _ = data.load_mnist("train", args.data_dir)  # the background model of the likelihood ratio
+        calibration = calibrate(model, images, args.calibration_k, args.seed, train_images)
+        print(calibration.model_dump_json(indent=2, exclude={"background": {"probs"}}))
     if args.update_metadata:
         meta = export.read_metadata(args.model_dir)
         meta["metrics"] = dataclasses.asdict(metrics)

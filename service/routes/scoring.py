@@ -14,6 +14,7 @@ from service.deps import Serving, ready_serving
 from service.images import SIDE
 from service.latents import interpolate as interpolate_path
 from service.latents import posterior_samples
+from service.likelihood_ratio import log_ratio, ratio_outlier, ratio_percentiles
 from service.payloads import json_array, read_images, read_json
 from service.responses import Format, Output, json_response, wants_png
 
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1", tags=["density"])
 DEFAULT_K = 32  # when the model's metadata has no calibration
 DEFAULT_THRESHOLD = 99.0
 MAX_SEED = 2**62  # seed + image index stays an int64
-Test = Literal["upper", "two-sided"]
+Test = Literal["upper", "two-sided", "ratio"]
 
 POSTERIOR_OPTIONS = [
     {"name": "samples", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "default": 0},
@@ -119,13 +120,22 @@ async def score(request: Request,
                                                   "beyond which an image is an outlier.")] = DEFAULT_THRESHOLD,
                 test: Annotated[Test, Query(description="'upper': outlier when less likely than `threshold`% of "
                                             "test digits; 'two-sided' (typicality): also when more likely than "
-                                            "nearly all of them (e.g. blank images).")] = "upper") -> Response:
+                                            "nearly all of them; 'ratio': when the likelihood ratio against the "
+                                            "background model (`llr`) is below all but (100 - threshold)% of test "
+                                            "digits' (catches blank images).")] = "upper") -> Response:
     """Per image: the negative ELBO (analytic KL, k-sample distortion), KL, distortion, and the importance-weighted
-    estimate of -log p(x) (`nll`), in nats; its percentile among MNIST test digits and an outlier decision. Pixels
-    are scored as given (grey values: Bernoulli cross-entropy), after the same upload preprocessing as encode."""
+    estimate of -log p(x) (`nll`), in nats; its percentile among MNIST test digits and an outlier decision. With a
+    background model in the calibration, also `llr` (log p(x) - log p_bg(x)) and its percentile. Pixels are scored as
+    given (grey values: Bernoulli cross-entropy), after the same upload preprocessing as encode."""
     serving = ready_serving(request)
     require_score(serving)
     calibration = serving.model.metadata.get("calibration")
+    background = calibration and calibration.get("background")
+    if test == "ratio" and not background:
+        meta = serving.model.metadata
+        raise HTTPException(409, f"model {meta['model_name']} version {meta['model_version']} has no background model "
+                                 f"in its calibration (calibration.background): test=ratio needs one; re-run "
+                                 f"`python -m training evaluate --calibrate --update-metadata` on it")
     k = k or (calibration["k"] if calibration else DEFAULT_K)
     seed = secrets.randbelow(2**31) if seed is None else seed
     batch = await read_images(request, serving.settings)
@@ -137,11 +147,20 @@ async def score(request: Request,
               for i, s in enumerate(seeds)]
     if calibration:
         percentile = percentiles(out["nll"], calibration)
-        outlier = is_outlier(percentile, threshold, test)
-        for row, p, o in zip(scores, percentile, outlier, strict=True):
-            row.update(percentile=float(p), outlier=bool(o))
+        for row, p in zip(scores, percentile, strict=True):
+            row["percentile"] = float(p)
+        if background:
+            llr = log_ratio(out["nll"], images, background)
+            llr_percentile = ratio_percentiles(llr, background)
+            for row, value, p in zip(scores, llr, llr_percentile, strict=True):
+                row.update(llr=float(value), llr_percentile=float(p))
+        outlier = (ratio_outlier(llr_percentile, threshold) if test == "ratio"
+                   else is_outlier(percentile, threshold, test))
+        for row, o in zip(scores, outlier, strict=True):
+            row["outlier"] = bool(o)
     return json_response({**serving.model.identity, "k": k, "seed": seed, "threshold": threshold, "test": test,
                           "calibration": calibration and {key: calibration[key] for key in ("score", "k", "images")},
+                          "background": background and {key: background[key] for key in ("model", "images")},
                           "scores": scores, **batch.response_fields()})
 
 

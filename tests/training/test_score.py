@@ -110,3 +110,46 @@ def test_version_1_is_untouched():
     meta = contract.read_metadata(REPO / "models" / "mnist_vae" / "1")
     assert meta["schema_version"] == 1 and "score" not in meta["signatures"] and "calibration" not in meta
     assert "score" not in tf.saved_model.load(str(REPO / "models" / "mnist_vae" / "1")).signatures
+
+
+def test_background_block_is_the_ratio_of_the_scores(v2, digits, mnist_dir):
+    """calibrate(train_images=...) fits the independent-pixel Bernoulli on the training images and stores the
+    percentiles of llr = -nll - log p_bg(x) of exactly the scored test images."""
+    from training import data
+    from training.evaluate import background_log_prob, calibrate, fit_background
+
+    train_images, _ = data.load_mnist("train", mnist_dir)
+    probs = fit_background(train_images)
+    x = train_images.reshape(len(train_images), -1) / 255.0
+    assert probs.shape == (784,) and 0 < probs.min() and probs.max() < 1
+    np.testing.assert_allclose(probs, (x.sum(0) + 1) / (len(x) + 2))
+    images = np.round(digits[0][:12] * 255).astype(np.uint8)
+    _, model = v2
+    calibration = calibrate(model, images, k=4, seed=3, train_images=train_images)
+    background = calibration.background
+    assert background.images == 12 and background.probs == pytest.approx(list(probs))
+    nll = score(model, images.astype(np.float32) / 255.0, 4, 3)["nll"]
+    llr = -nll - background_log_prob(images.astype(np.float32) / 255.0, probs)
+    assert background.values[0] == pytest.approx(llr.min(), abs=1e-3)
+    assert background.values[-1] == pytest.approx(llr.max(), abs=1e-3)
+    assert calibrate(model, images[:2], k=2).background is None
+
+
+def test_bundled_background_flags_blank_images_not_digits(v2, digits):
+    """The stored llr percentiles: real test digits fall around the median, blank images (20 noise seeds: their k = 32
+    NLL varies a lot) around the 2nd percentile, where the NLL alone puts them among the more likely digits."""
+    from training.evaluate import background_log_prob
+
+    calibration = contract.Calibration.model_validate(contract.read_metadata(V2)["calibration"])
+    background = calibration.background
+    assert background.images == 10_000 and len(background.probs) == 784
+    assert np.all(np.diff(background.values) >= 0)
+    root, _ = v2
+    probs = np.array(background.probs)
+    nll = call(root, digits[0], np.arange(len(digits[0])))["nll"]
+    percentile = np.interp(-nll - background_log_prob(digits[0], probs), background.values, background.levels)
+    assert 20 < np.median(percentile) < 80 and (percentile < 1).mean() <= 0.05
+    blank = np.zeros((20, 28, 28, 1), np.float32)
+    nll = call(root, blank, np.arange(100, 120))["nll"]
+    percentile = np.interp(-nll - background_log_prob(blank, probs), background.values, background.levels)
+    assert np.median(percentile) < 3 and np.median(np.interp(nll, calibration.values, calibration.levels)) < 50
