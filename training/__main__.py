@@ -74,8 +74,8 @@ def parser():
     e.add_argument("--calibrate", action="store_true",
                    help="also compute the NLL percentiles the service scores against (grey pixels as given)")
     e.add_argument("--calibration-k", type=_positive_int, default=32,
-                   help="importance samples per image of the calibration (the score route's default k; "
-                        "default: %(default)s)")
+                   help="importance samples per image of the calibration, the score route's default k "
+                        "(default: %(default)s)")
     e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images (default: all)")
     e.add_argument("--figures-dir", help="also write the PNG figures here (default: none)")
     e.add_argument("--update-metadata", action="store_true", help="store the metrics in --model-dir's metadata.json")
