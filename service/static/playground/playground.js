@@ -21,7 +21,7 @@ const state = {
   animation: null,
   decode: { busy: false, again: false },
   last: null, // the last analysis as numbers, for a reader of the page (and its tests)
-  loads: { samples: 0, decoded: 0 }, // pictures drawn so far, so a reader can tell a new one arrived
+  loads: { samples: 0, decoded: 0, interpolations: 0 }, // pictures drawn so far, so a reader can tell a new one arrived
 };
 window.playground = state;
 
@@ -337,7 +337,7 @@ async function analyse(input, request = ++state.request) {
     const [reconstruction, encoding, scored] = await Promise.all([
       apiJson(`/v1/reconstruct?format=json&output=probs&${query}`, { method: "POST", body: imageForm(input) }),
       apiJson(`/v1/encode?${query}`, { method: "POST", body: imageForm(input) }),
-      score(input, query),
+      score(input, input.query || ""), // the score needs no copy of the input
     ]);
     if (request !== state.request) return; // a newer stroke has been sent meanwhile
     say("");
@@ -487,6 +487,7 @@ async function interpolate() {
     const doc = await apiJson(`/v1/interpolate?format=json&output=probs&steps=${INTERPOLATION_STEPS}`, {
       method: "POST", json: { latents: [state.ends.a.latent, state.ends.b.latent] } });
     paintStrip($("interp-strip"), doc.images);
+    state.loads.interpolations++;
     animate(doc.images);
   } catch (err) {
     if (err.status === 404 || err.status === 405) {
