@@ -44,7 +44,12 @@ def test_service_help_shows_the_settings_defaults():
     from service.settings import Settings
 
     text = _help("service")
-    for flag, name in (("--host", "host"), ("--port", "port"), ("--model-dir", "model_dir"),
+    for flag, name in (("--host", "host"), ("--port", "port"), ("--model-version-policy", "model_version_policy"),
                        ("--log-level", "log_level")):
         default = Settings.model_fields[name].default
         assert re.search(rf"{flag} \S+ .*?default: {re.escape(str(default))}\)", text), (flag, default, text)
+    # The base path is absolute, and argparse may break it at a hyphen: compare without spaces.
+    base_path = Settings.model_fields["model_base_path"].default
+    assert f"(VAE_MODEL_BASE_PATH;default:{base_path})" in text.replace(" ", ""), text
+    assert Settings.model_fields["model_dir"].default is None
+    assert re.search(r"--model-dir \S+ .*?default: none\)", text), text

@@ -1,4 +1,5 @@
-"""Browser test fixtures: the real service (`python -m service`, bundled model) and a headless Debian Chromium.
+"""Browser test fixtures: the real service (`python -m service`, the bundled models under the default policy, so
+the newest version with its score signature) and a headless Debian Chromium.
 
 Tests that need Chromium skip, naming the install command, when it or Selenium is missing."""
 
@@ -9,14 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from service.settings import BUNDLED_MODEL_DIR, REPO_ROOT
+from service.settings import REPO_ROOT
 
-MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", BUNDLED_MODEL_DIR))
+# VAE_TEST_MODEL_DIR: one version folder to serve instead (e.g. models/mnist_vae/1, which has no score signature).
+MODEL_ARGS = ["--model-dir", os.environ["VAE_TEST_MODEL_DIR"]] if os.environ.get("VAE_TEST_MODEL_DIR") else []
 INSTALL = "apt-get install -y chromium chromium-driver (and pip install -e '.[dev]' for Selenium)"
 # The machine's network is closed, and the tests must not depend on it: no Google services, no updates, no QUIC.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,9 +32,9 @@ def free_port() -> int:
 
 
 def start_service(**env: str) -> tuple[subprocess.Popen, str]:
-    """`python -m service` on a free port with the bundled model (or VAE_TEST_MODEL_DIR) and extra VAE_* variables."""
+    """`python -m service` on a free port with the bundled models (or VAE_TEST_MODEL_DIR) and extra VAE_* variables."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(MODEL_DIR)],
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *MODEL_ARGS],
                                cwd=REPO_ROOT, env={**os.environ, "VAE_LOG_LEVEL": "warning", **env},
                                stderr=subprocess.PIPE)
     return process, f"http://127.0.0.1:{port}"

@@ -237,7 +237,7 @@ def test_rejected_upload_is_explained(page, tmp_path):
     message = wait_for(page, "document.getElementById('status').textContent.includes('rejected') && "
                              "document.getElementById('status').textContent")
     assert "400" in message and "notes.png" in message and "not an image" in message
-    # The only console errors are the browser's own lines about the two 400 answers.
+    # The only console errors are the browser's own lines about the 400 answers (reconstruct, encode, score).
     errors = [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors and all("400" in error for error in errors), errors
 
@@ -314,7 +314,8 @@ def test_interpolation_strip_when_the_service_interpolates(page, ready_server):
         assert not panel.is_displayed()
         return
     page.find_element("id", "sample-ab").click()
-    wait_for(page, "document.getElementById('interp-strip').width === 280")
+    wait_for(page, "window.playground.loads.interpolations >= 1")  # the strip's canvas is 280 wide from the start
+    assert page.execute_script("return document.getElementById('interp-strip').width") == 280
     strip = canvas_pixels(page, "interp-strip")
     ends = page.execute_script("return [window.playground.ends.a.latent, window.playground.ends.b.latent]")
     decoded = httpx.post(f"{ready_server}/v1/decode", params={"format": "json"},

@@ -21,7 +21,7 @@ const state = {
   animation: null,
   decode: { busy: false, again: false },
   last: null, // the last analysis as numbers, for a reader of the page (and its tests)
-  loads: { samples: 0, decoded: 0 }, // pictures drawn so far, so a reader can tell a new one arrived
+  loads: { samples: 0, decoded: 0, interpolations: 0 }, // pictures drawn so far, so a reader can tell a new one arrived
 };
 window.playground = state;
 
@@ -307,8 +307,8 @@ async function score(input, query) {
   try {
     return await apiJson(`/v1/score?${query}`, { method: "POST", body: imageForm(input) });
   } catch (err) {
-    if (err.status === 404 || err.status === 405) {
-      state.features.score = false; // this service has no scoring route
+    if (err.status === 404 || err.status === 405 || err.status === 409) {
+      state.features.score = false; // this service has no scoring route, or its model no score signature
       return null;
     }
     throw err;
@@ -337,7 +337,7 @@ async function analyse(input, request = ++state.request) {
     const [reconstruction, encoding, scored] = await Promise.all([
       apiJson(`/v1/reconstruct?format=json&output=probs&${query}`, { method: "POST", body: imageForm(input) }),
       apiJson(`/v1/encode?${query}`, { method: "POST", body: imageForm(input) }),
-      score(input, query),
+      score(input, input.query || ""), // the score needs no copy of the input
     ]);
     if (request !== state.request) return; // a newer stroke has been sent meanwhile
     say("");
@@ -484,9 +484,10 @@ function setEnd(which, latent, label) {
 
 async function interpolate() {
   try {
-    const doc = await apiJson("/v1/interpolate?format=json&output=probs", { method: "POST",
-      json: { latents: [state.ends.a.latent, state.ends.b.latent], steps: INTERPOLATION_STEPS, output: "probs" } });
+    const doc = await apiJson(`/v1/interpolate?format=json&output=probs&steps=${INTERPOLATION_STEPS}`, {
+      method: "POST", json: { latents: [state.ends.a.latent, state.ends.b.latent] } });
     paintStrip($("interp-strip"), doc.images);
+    state.loads.interpolations++;
     animate(doc.images);
   } catch (err) {
     if (err.status === 404 || err.status === 405) {
@@ -560,14 +561,17 @@ async function waitUntilReady() {
 async function start() {
   await waitUntilReady();
   say("");
+  let info = null;
   try {
-    const info = await apiJson("/v1/model");
+    info = await apiJson("/v1/model");
     state.latentSize = info.latent_size || state.latentSize;
   } catch (err) {
     explain(err, "reading the model's name");
     if (err.status === 401) return;
   }
   await detectFeatures();
+  // The route exists for every model, but only a model with a `score` signature (schema 2) can answer it.
+  if (info && info.signatures && !("score" in info.signatures)) state.features.score = false;
   $("interp-panel").hidden = !state.features.interpolate;
   await showSamples();
   if (state.lastInput) analyse(state.lastInput);
