@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import contract
-from service.startup import ModelContractError, load_error
+from service.startup import ModelContractError, ModelLoadError, load_error
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ def read_model_metadata(model_dir: Path, version: int | None = None) -> dict[str
     ModelContractError otherwise."""
     model_dir = Path(model_dir)
     if not (model_dir / contract.SAVED_MODEL_FILE).is_file():
-        raise ModelContractError(f"no SavedModel at {model_dir} (no {contract.SAVED_MODEL_FILE}); set "
-                                 "--model-base-path (VAE_MODEL_BASE_PATH) or --model-dir (VAE_MODEL_DIR)")
+        raise ModelContractError(load_error(model_dir, FileNotFoundError(f"no {contract.SAVED_MODEL_FILE}")))
     try:
         metadata = contract.read_metadata(model_dir)
     except contract.MetadataError as err:
@@ -151,7 +150,7 @@ def load_model(model_dir: Path, device: str, *, version: int | None = None, name
     try:
         root = tf.saved_model.load(str(model_dir))
     except Exception as err:  # TensorFlow's messages seldom say which file is wrong
-        raise ModelContractError(load_error(model_dir, err)) from err
+        raise ModelLoadError(load_error(model_dir, err)) from err
     check_contract(metadata, root.signatures)
     fingerprint = model_dir / "fingerprint.pb"
     log.info("loaded %s v%s from %s (latent size %d)", metadata["model_name"], metadata["model_version"], model_dir,

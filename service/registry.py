@@ -26,7 +26,7 @@ import contract
 from service.batching import Batchers, ready_sizes
 from service.deps import Serving
 from service.metrics import Metrics
-from service.model import ModelContractError, load_model, read_model_metadata
+from service.model import ModelContractError, ModelLoadError, load_model, read_model_metadata
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Registry:
         self._wanted: list[int] = []
         self._retiring: set[asyncio.Task] = set()
         self._frozen = False
+        self._starting = False  # refusals at start are reported by start(): one line if nothing can be served
 
     # -- what routes and status use
 
@@ -132,12 +133,21 @@ class Registry:
         if not folders:
             log.warning("no model version under %s yet: waiting for one (not ready)", self.base_path)
             return
-        while todo := [n for n in self._choose(folders) if self.records.get(n) is None
-                       or self.records[n].folder_id != folders[n][1]]:
-            for number in todo:
-                await self._load(number, *folders[number])
-        if not any(record.serving for record in self.records.values()) and self._refusals():
+        self._starting = True
+        try:
+            while todo := [n for n in self._choose(folders) if self.records.get(n) is None
+                           or self.records[n].folder_id != folders[n][1]]:
+                for number in todo:
+                    await self._load(number, *folders[number])
+        finally:
+            self._starting = False
+        refused = [r for r in sorted(self.records.values(), key=lambda r: -r.number) if r.refused]
+        if not any(record.serving for record in self.records.values()) and refused:
+            if self.settings.model_dir:  # one folder: its own problem (load_error adds the path if it lacks it)
+                raise ModelContractError(refused[0].error_message)
             raise ModelContractError(f"no version under {self.base_path} can be served: {self._refusals()}")
+        for record in refused:  # not fatal: another version serves
+            self._log_refusal(record)
 
     async def run(self, on_failure: Callable[[], None] | None = None) -> None:
         """Warm up and publish what start() loaded, then follow the base path every VAE_MODEL_POLL_S."""
@@ -221,6 +231,8 @@ class Registry:
                                           queue_max=settings.queue_max, metrics=self.metrics,
                                           deadline_s=settings.queue_deadline_ms / 1000,
                                           ready_size=settings.batch_ready_size)
+        except ModelLoadError as err:  # TensorFlow's own failure, its message already made one clear line
+            self._refuse(record, "UNKNOWN", f"load failed: {err}")
         except ModelContractError as err:
             self._refuse(record, "FAILED_PRECONDITION", str(err))
         except Exception as err:  # TensorFlow's errors for a corrupt or unreadable SavedModel, among others
@@ -261,8 +273,12 @@ class Registry:
     def _refuse(self, record: Version, code: str, message: str) -> None:
         record.state, record.error_code, record.error_message, record.serving = State.END, code, message, None
         self.metrics.load_failures.labels(str(record.number)).inc()
-        serving = sorted(self.routing.versions)
-        log.error("version %d refused (%s): %s; %s", record.number, code, message,
+        if not self._starting:
+            self._log_refusal(record)
+
+    def _log_refusal(self, record: Version) -> None:
+        serving = sorted(self.routing.versions) or sorted(n for n, r in self.records.items() if r.serving)
+        log.error("version %d refused (%s): %s; %s", record.number, record.error_code, record.error_message,
                   f"still serving {serving}" if serving else "nothing to serve")
 
     def _publish(self) -> None:

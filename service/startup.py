@@ -10,6 +10,10 @@ class ModelContractError(RuntimeError):
     """The model directory or its metadata does not match what the service needs."""
 
 
+class ModelLoadError(ModelContractError):
+    """TensorFlow could not load the SavedModel; the message (from load_error) names the path and the problem."""
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound now so that a port in use fails the start before the model loads."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -33,7 +37,7 @@ def load_error(path: Path | str, exc: BaseException) -> str:
     if isinstance(exc, ModelContractError):  # already says what is wrong (the registry's names every version)
         return message if str(path) in message else f"{path}: {message}"
     if not path.exists():
-        return f"{path}: no such folder; set --model-dir or VAE_MODEL_DIR"
+        return f"{path}: no such folder; set --model-base-path (VAE_MODEL_BASE_PATH) or --model-dir (VAE_MODEL_DIR)"
     if not path.is_dir():
         return f"{path}: not a folder; a SavedModel is a folder holding saved_model.pb"
     graph = path / "saved_model.pb"

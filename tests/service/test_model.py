@@ -49,7 +49,7 @@ def test_load_missing_key_fails(broken_model_dir):
 
 
 def test_load_missing_dir_fails(tmp_path):
-    with pytest.raises(ModelContractError, match="no SavedModel at"):
+    with pytest.raises(ModelContractError, match="nowhere: no such folder"):
         load_model(tmp_path / "nowhere", "/CPU:0")
 
 

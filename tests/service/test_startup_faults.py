@@ -47,7 +47,7 @@ FAULTS = {  # fault -> (what the line names besides the path)
     "empty_graph": "saved_model.pb: the file is empty",
     "corrupt_graph": "TensorFlow cannot load this SavedModel",
     "missing_metadata": "metadata.json is missing",
-    "invalid_metadata": "metadata.json is not valid JSON",
+    "invalid_metadata": "metadata.json is not readable JSON",
     "contract_mismatch": "metadata.json does not match the SavedModel",
     "missing_variables": "variables: missing",
 }
