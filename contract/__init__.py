@@ -27,6 +27,12 @@ REQUIRED_SIGNATURES = (ENCODE, DECODE, SAMPLE, RECONSTRUCT)  # every schema vers
 SIGNATURE_SINCE = {SCORE: 2}  # signatures added later, and the schema version that added them
 
 
+def is_count(text: str, max_digits: int = 18) -> bool:
+    """Whether `text` is a non-negative integer in ASCII digits that fits an int64 (str.isdigit alone accepts '²'
+    and digit strings too long for int())."""
+    return text.isascii() and text.isdigit() and len(text) <= max_digits
+
+
 def signatures_for(schema_version: int) -> tuple[str, ...]:
     """The signatures a model of this metadata schema version must have."""
     later = tuple(name for name, since in SIGNATURE_SINCE.items() if schema_version >= since)
@@ -146,7 +152,7 @@ def is_complete_version(folder: str | os.PathLike) -> bool:
     """A numbered folder holding both SAVED_MODEL_FILE and METADATA_FILE (exports rename complete folders into
     place; anything else is half-written or not a version)."""
     folder = Path(folder)
-    return (folder.name.isdigit() and int(folder.name) > 0 and (folder / SAVED_MODEL_FILE).is_file()
+    return (is_count(folder.name) and int(folder.name) > 0 and (folder / SAVED_MODEL_FILE).is_file()
             and (folder / METADATA_FILE).is_file())
 
 

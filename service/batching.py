@@ -88,7 +88,8 @@ class Batcher:
         self._warm = warm
         growing = warm is not None and ready_size is not None and ready_size < max_size
         # model thread only: the largest batch merged now, and the padded sizes still to warm before raising it
-        self._limit = ready_size if growing else max_size
+        # (the largest padded size within ready_size: those are the sizes warmed before ready)
+        self._limit = max(size for size in bucket_sizes(max_size) if size <= ready_size) if growing else max_size
         self._to_warm = [size for size in bucket_sizes(max_size) if size > self._limit] if growing else []
         self._waiting: set[asyncio.Future] = set()  # event loop only
         self._stopped = False  # event loop only
@@ -362,13 +363,15 @@ class Batchers:
 
     @classmethod
     def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, metrics: Metrics,
-                  deadline_s: float = float("inf"), ready_size: int | None = None) -> "Batchers":
+                  deadline_s: float = float("inf"), ready_size: int | None = None,
+                  score_max_samples: int | None = None) -> "Batchers":
         """The batchers of one model version: each calls that version's model only, so a version's requests can never
         reach another version's model (there is no model reference to swap). ready_size: the padded batch sizes up to
         it are warmed before the version is ready (model.warm_up(ready_sizes(...))); the padded signatures' model
-        threads warm the larger ones (None: all are warmed before)."""
-        def batcher(name: str, batch_fn: BatchFn, **options) -> Batcher:
-            return Batcher(name, batch_fn, max_size=max_size, max_delay_s=max_delay_s, queue_max=queue_max,
+        threads warm the larger ones (None: all are warmed before). score_max_samples: the most k x images one score
+        call may hold (score requests are sized by k x images, so merged requests stay within it; None: max_size)."""
+        def batcher(name: str, batch_fn: BatchFn, size: int = max_size, **options) -> Batcher:
+            return Batcher(name, batch_fn, max_size=size, max_delay_s=max_delay_s, queue_max=queue_max,
                            metrics=metrics, version=str(model.version), deadline_s=deadline_s, **options)
 
         buckets = bucket_sizes(max_size)
@@ -383,7 +386,8 @@ class Batchers:
                    reconstruct=padded("reconstruct", model.reconstruct, image_shape),
                    sample=batcher("sample", shared(model.sample), same_batch=operator.eq),
                    score=batcher("score", keyed(lambda images, seeds, k: model.score(images, k, seeds)),
-                                 same_batch=same_key) if model.has_signature("score") else None)
+                                 score_max_samples or max_size, same_batch=same_key)
+                   if model.has_signature("score") else None)
 
     def all(self) -> tuple[Batcher, ...]:
         return tuple(b for b in (self.encode, self.decode, self.reconstruct, self.sample, self.score) if b is not None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import contract
 from service.batching import Batchers
 from service.model import VaeModel
 from service.settings import Settings
@@ -71,7 +72,7 @@ def ready_serving(request: Request, version: int | str | None = None) -> Serving
 def parse_version(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not contract.is_count(value) or int(value) < 1:
         raise HTTPException(422, f"version must be a positive integer, got {value!r}")
     return int(value)
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import contract
 from service.auth import ApiKeyAuth, load_api_keys
 from service.errors import RequestFailed, failed_response
 from service.logs import RequestIdFilter, request_id  # noqa: F401 (RequestIdFilter: re-exported)
@@ -27,6 +28,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 OPEN_CONNECTIONS = "vae.open_connections"  # scope["extensions"] key set by service.limits' protocol
 
 
@@ -68,11 +70,14 @@ class RequestGuard:
 
     def _check_limits(self, scope: Scope) -> None:
         connections = scope.get("extensions", {}).get(OPEN_CONNECTIONS)
-        if connections is not None and connections > self.max_connections:
+        # Probes are answered beyond the cap: an overloaded replica is not a dead one (a failing liveness probe would
+        # restart it, and lose every connection it holds).
+        if connections is not None and connections > self.max_connections and scope["path"] not in PROBE_PATHS:
             raise RequestFailed(503, f"the server has {connections} open connections, over its limit of "
                                      f"{self.max_connections}; retry later", {"Retry-After": str(self.retry_after_s)})
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+            if name == b"content-length" and contract.is_count(value.decode("latin-1")) \
+                    and int(value) > self.max_body_bytes:
                 raise RequestFailed(413, f"request body is {int(value)} bytes, the limit is {self.max_body_bytes}")
 
 

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+import contract
 from service.images import SIDE, DecodeLimits, ImageError, load_image
 from service.settings import Settings
 
@@ -39,7 +40,7 @@ def require_json(request: Request) -> None:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and contract.is_count(declared) and int(declared) > limit:
         raise HTTPException(413, f"request body is {declared} bytes, the limit is {limit}")
     chunks, total = [], 0
     async for chunk in request.stream():

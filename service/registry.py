@@ -205,7 +205,8 @@ class Registry:
         """Complete version folders -> (path, folder id). With --model-dir, that folder alone."""
         if self.settings.model_dir:
             folder = Path(self.settings.model_dir)
-            number = int(folder.name) if folder.name.isdigit() else read_model_metadata(folder)["model_version"]
+            named = contract.is_count(folder.name)
+            number = int(folder.name) if named else read_model_metadata(folder)["model_version"]
             return {number: (folder, _folder_id(folder))}
         return {n: (path, _folder_id(path)) for n, path in contract.version_folders(self.base_path).items()}
 
@@ -230,7 +231,8 @@ class Registry:
                                           max_delay_s=settings.batch_max_delay_ms / 1000,
                                           queue_max=settings.queue_max, metrics=self.metrics,
                                           deadline_s=settings.queue_deadline_ms / 1000,
-                                          ready_size=settings.batch_ready_size)
+                                          ready_size=settings.batch_ready_size,
+                                          score_max_samples=settings.max_posterior_samples)
         except ModelLoadError as err:  # TensorFlow's own failure, its message already made one clear line
             self._refuse(record, "UNKNOWN", f"load failed: {err}")
         except ModelContractError as err:

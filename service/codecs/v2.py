@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
+import contract
 from service.codecs.signatures import ProtocolError, SignatureSpec, TensorSpec
 
 # KServe v2 datatype <-> numpy dtype (little-endian on the wire)
@@ -62,7 +63,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, signature: S
     """Decode and check an inference request against the signature: names, datatypes, shapes, sizes."""
     if header_length is None:
         header_end = len(body)
-    elif not header_length.isdigit() or int(header_length) > len(body):
+    elif not contract.is_count(header_length) or int(header_length) > len(body):
         raise ProtocolError(400, f"Inference-Header-Content-Length is {header_length!r}, the body has {len(body)} "
                                  "bytes")
     else:

@@ -93,6 +93,10 @@ async def _reconstruct_samples(request: Request, serving, batch, k: int, seed: i
                                format: Format | None) -> Response:
     """Posterior samples of each image, decoded through the decode batcher."""
     images = batch.images
+    limit = serving.settings.max_images
+    if k * len(images) > limit:  # every decoded sample is in the answer: as many as a decode request may hold
+        raise HTTPException(422, f"samples x images is {k} x {len(images)} = {k * len(images)}; reconstruct returns "
+                                 f"every decoded sample, at most {limit} (VAE_MAX_IMAGES)")
     out = await sample_posterior(serving, images, k, seed)
     latents = out["samples"].reshape(len(images) * k, -1)
     decoded = (await serving.batchers.decode.submit(latents, len(latents)))[output].reshape(len(images), k, 28, 28)

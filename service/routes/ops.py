@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import contract
 from service import schemas
 from service.deps import not_ready, ready_serving
 from service.registry import UnknownModelError, status_document
@@ -47,7 +48,7 @@ async def model_status(request: Request, name: str) -> Response:
 @router.get("/v1/models/{name}/versions/{version}", tags=["versions"])
 async def model_version_status(request: Request, name: str, version: str) -> Response:
     """One version's state and error, in TF Serving's format."""
-    if not version.isdigit():
+    if not contract.is_count(version) or int(version) < 1:
         return json_response({"error": f"version must be a positive integer, got {version!r}"}, status=400)
     return status_response(request, name, int(version))
 

@@ -142,7 +142,8 @@ async def score(request: Request,
     images = batch.images
     check_sample_budget("k", k, len(images), serving)
     seeds = np.arange(seed, seed + len(images), dtype=np.int64)
-    out = await serving.batchers.score.submit(((k,), images, seeds), len(images))
+    # Sized by k x images: the batcher merges requests up to VAE_MAX_POSTERIOR_SAMPLES samples per model call.
+    out = await serving.batchers.score.submit(((k,), images, seeds), k * len(images))
     scores = [{"seed": int(s), **{name: float(out[name][i]) for name in ("elbo", "kl", "distortion", "nll")}}
               for i, s in enumerate(seeds)]
     if calibration:
