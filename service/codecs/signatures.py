@@ -111,6 +111,17 @@ async def run_signature(serving: Serving, signature: SignatureSpec, inputs: dict
         if not 1 <= n <= serving.settings.max_samples:
             raise ProtocolError(400, f"num_samples must be between 1 and {serving.settings.max_samples}, got {n}")
         return await _submit(serving, serving.batchers.sample, (n, seed), n)
+    if signature.name == contract.SCORE and serving.batchers.score is not None:
+        images = inputs["images"]
+        rows = check_rows(images, signature.input("images"), serving)
+        k = scalar(inputs["k"], signature.input("k"))
+        seeds = inputs["seeds"].reshape(-1).astype(np.int64, copy=False)
+        limit = serving.settings.max_posterior_samples
+        if not 1 <= k or k * rows > limit:
+            raise ProtocolError(400, f"k must be at least 1 and k x images at most {limit}, got {k} x {rows}")
+        if len(seeds) != rows:
+            raise ProtocolError(400, f"input 'seeds' needs one seed per image ({rows}), got {len(seeds)}")
+        return await _submit(serving, serving.batchers.score, ((k,), images, seeds), rows)
     batcher = getattr(serving.batchers, signature.name, None)
     if batcher is None or len(signature.inputs) != 1:
         raise ProtocolError(404, f"signature '{signature.name}' is not served over this protocol")

@@ -3,7 +3,7 @@
 Signatures are chosen with `signature_name` (contract.tfserving_signature_names; serving_default is encode). Errors
 are {"error": ...} (service/errors.py)."""
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from service.codecs import tfserving
 from service.codecs.signatures import ProtocolError, run_signature, serving_for
@@ -20,7 +20,7 @@ def _serving(request: Request) -> Serving:
     wanted = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
     try:
         serving = serving_for(request, version)
-    except ProtocolError as err:
+    except HTTPException as err:  # the versions registry's 404 names loaded versions; TF Serving's wording wins here
         if err.status_code != 404:
             raise
         serving = None

@@ -22,6 +22,10 @@ EXTENSIONS = ["binary_tensor_data"]
 _MODELS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
 
 
+# The protocol's health and readiness answers are status codes with an empty body; the schema must say so.
+NO_BODY = {200: {"description": "true", "content": {}}, 400: {"description": "false", "content": {}}}
+
+
 def v2_models(serving: Serving) -> dict[str, SignatureSpec]:
     """v2 model name -> signature, for the signatures the loaded model has (once per loaded model)."""
     models = _MODELS.get(serving.model)
@@ -49,13 +53,13 @@ async def server_metadata(request: Request) -> Response:
     return v2.json({"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS})
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_class=Response, responses=NO_BODY)
 async def server_live(request: Request) -> Response:
     """200 while the service can answer; 400 (the protocol's 'false') once the model's warm-up has failed."""
     return Response(status_code=400 if request.app.state.failure else 200)
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_class=Response, responses=NO_BODY)
 async def server_ready(request: Request) -> Response:
     """200 once the model is loaded and warmed up, 400 (the protocol's 'false') before."""
     return Response(status_code=200 if request.app.state.ready else 400)
@@ -71,8 +75,8 @@ async def model_metadata(request: Request) -> Response:
                     "outputs": [v2.tensor_metadata(spec) for spec in signature.outputs]})
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/ready", response_class=Response, responses=NO_BODY)
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=NO_BODY)
 async def model_ready(request: Request) -> Response:
     """200 if the model (version) is ready, 400 while the service is not ready, 404 for an unknown model."""
     if not request.app.state.ready:

@@ -199,8 +199,9 @@ def test_raw_binary_and_gzip_requests(triton_client, server, digits, signatures)
 
 
 def batch_totals(text: str) -> tuple[float, float]:
-    return tuple(float(re.search(rf'vae_batch_size_images_{kind}{{signature="encode"}} (\S+)', text).group(1))
-                 for kind in ("sum", "count"))
+    """Images and model calls of the encode batchers, summed over every model version (one call means one batcher)."""
+    return tuple(sum(float(value) for value in re.findall(
+        rf'vae_batch_size_images_{kind}{{[^}}]*signature="encode"[^}}]*}} (\S+)', text)) for kind in ("sum", "count"))
 
 
 def test_v2_and_v1_requests_share_a_model_call(server, digits):
