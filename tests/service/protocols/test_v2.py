@@ -19,13 +19,13 @@ from service.settings import REPO_ROOT
 MODEL = "mnist_vae"
 
 
-@pytest.fixture(scope="module")
-def server(model_dir):
+def serve(*args: str):
+    """`python -m service *args` on a free port, until it is ready: yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "VAE_LOG_LEVEL": "warning", "VAE_BATCH_MAX_DELAY_MS": "50"}
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(model_dir)],
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *args],
                                cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -41,6 +41,11 @@ def server(model_dir):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    yield from serve("--model-dir", str(model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +235,25 @@ def test_v2_and_v1_requests_share_a_model_call(server, digits):
     deltas = asyncio.run(scenario())
     assert all(images == 8 for images, _ in deltas)
     assert deltas[-1] == (8, 1), f"never merged into one 8-image call: {deltas}"
+
+
+def test_score_over_v2(digits):
+    """mnist_vae-score (version 2): three inputs dispatched to the score batcher, equal to the SavedModel."""
+    import tensorflow as tf
+
+    version_2 = REPO_ROOT / "models" / MODEL / "2"
+    for url in serve("--model-dir", str(version_2)):
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        tensors = [images_input(digits[:3]), triton.InferInput("k", [1], "INT32"),
+                   triton.InferInput("seeds", [3], "INT64")]
+        tensors[1].set_data_from_numpy(np.array([4], np.int32))
+        tensors[2].set_data_from_numpy(np.arange(7, 10, dtype=np.int64))
+        result = client.infer("mnist_vae-score", tensors)
+        score = tf.saved_model.load(str(version_2)).signatures["score"]
+        expected = score(images=digits[:3], k=tf.constant(4, tf.int32), seeds=tf.constant(np.arange(7, 10), tf.int64))
+        for name in ("elbo", "nll"):
+            np.testing.assert_allclose(result.as_numpy(name), expected[name].numpy(), rtol=1e-4, atol=1e-4)
+        tensors[1].set_data_from_numpy(np.array([10**6], np.int32))
+        with pytest.raises(InferenceServerException, match="k x images"):
+            client.infer("mnist_vae-score", tensors)
+        client.close()
