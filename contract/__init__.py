@@ -25,6 +25,9 @@ SERVING_DEFAULT = "serving_default"
 DEFAULT_SIGNATURE = ENCODE
 REQUIRED_SIGNATURES = (ENCODE, DECODE, SAMPLE, RECONSTRUCT)  # every schema version has these
 SIGNATURE_SINCE = {SCORE: 2}  # signatures added later, and the schema version that added them
+# What `evaluate --update-metadata` writes into an exported version's metadata, possibly while it is served: a server
+# takes these from a rewritten file; any other field changed means another model (a new version number).
+EVALUATION_FIELDS = ("metrics", "calibration")
 
 
 def is_count(text: str, max_digits: int = 18) -> bool:

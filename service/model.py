@@ -39,13 +39,27 @@ class VaeModel:
         """name: served under this name instead of the metadata's model_name."""
         self._root = root  # keeps the loaded variables alive
         self._signatures = root.signatures
-        self.metadata = metadata
         self.device = device
         self._name = name or metadata["model_name"]
+        self._saved_model_fingerprint = saved_model_fingerprint
+        self._set_metadata(metadata)
+
+    def _set_metadata(self, metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
         # Identifies the exported model (not just its version number) for ETags: the metadata and TensorFlow's own
         # fingerprint of the SavedModel (checksums of the graph and the variables).
-        identity = json.dumps(metadata, sort_keys=True).encode() + saved_model_fingerprint
+        identity = json.dumps(metadata, sort_keys=True).encode() + self._saved_model_fingerprint
         self.fingerprint = hashlib.sha256(identity).hexdigest()[:16]
+
+    def update_evaluation(self, metadata: dict[str, Any]) -> list[str]:
+        """Take the evaluation fields (contract.EVALUATION_FIELDS: metrics, calibration) of a rewritten metadata.json
+        of this version, if nothing else in it changed. Returns the other fields that changed (then nothing is
+        taken: a different model needs a new version)."""
+        changed = sorted(key for key in self.metadata.keys() | metadata.keys()
+                         if key not in contract.EVALUATION_FIELDS and self.metadata.get(key) != metadata.get(key))
+        if not changed:
+            self._set_metadata(metadata)
+        return changed
 
     @property
     def identity(self) -> dict[str, Any]:

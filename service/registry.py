@@ -187,6 +187,7 @@ class Registry:
         available. Under `latest`, a refused newest version leaves the next one wanted."""
         self._read_config_file()
         folders = await asyncio.to_thread(self._scan)
+        await self._follow_rewrites(folders)
         while True:
             self._wanted = self._choose(folders)
             todo = [n for n in sorted(self._wanted, reverse=True) if n not in self.routing.versions]
@@ -209,6 +210,31 @@ class Registry:
             number = int(folder.name) if named else read_model_metadata(folder)["model_version"]
             return {number: (folder, _folder_id(folder))}
         return {n: (path, _folder_id(path)) for n, path in contract.version_folders(self.base_path).items()}
+
+    async def _follow_rewrites(self, folders: dict[int, tuple[Path, tuple | None]]) -> None:
+        """A served version whose metadata.json was rewritten in place (`evaluate --update-metadata` after the export
+        was published): take its metrics and calibration. A folder replaced whole, or a rewrite that changes anything
+        else, is logged once and left alone: the loaded copy keeps serving (publish another version number)."""
+        for number, record in list(self.routing.versions.items()):
+            path, folder_id = folders.get(number, (None, None))
+            if folder_id is None or folder_id == record.folder_id:
+                continue
+            same_saved_model = record.folder_id is not None and folder_id[:2] == record.folder_id[:2]
+            record.folder_id = folder_id
+            problem = "its folder was replaced"
+            if same_saved_model:
+                try:
+                    metadata = await asyncio.to_thread(read_model_metadata, path, number)
+                except ModelContractError as err:
+                    problem = f"its metadata.json was rewritten and is unreadable ({err})"
+                else:
+                    changed = record.serving.model.update_evaluation(metadata)
+                    if not changed:
+                        log.info("version %d: metrics and calibration re-read from its rewritten metadata.json", number)
+                        continue
+                    problem = f"its metadata.json was rewritten with other {', '.join(changed)}"
+            log.warning("version %d: %s while serving; the loaded copy keeps serving (export another version number "
+                        "to change the model)", number, problem)
 
     def _choose(self, folders: dict[int, tuple[Path, tuple | None]]) -> list[int]:
         """The versions the policy wants, among the folders not refused as they are now."""

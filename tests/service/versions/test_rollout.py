@@ -11,6 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
+import contract
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, model_dir, place_version):
@@ -134,6 +136,24 @@ def test_broken_versions_are_refused_while_the_good_one_serves(service, base, ar
     for number in (3, 4, 5):
         assert f'vae_model_load_failures_total{{version="{number}"}} 1.0' in metrics
         assert log.read_text().count(f"version {number} refused") == 1
+
+
+def test_evaluation_written_after_the_rollout_is_taken_live(service, base, wait):
+    """`evaluate --update-metadata` on a version already served: its metrics and calibration are re-read; a rewrite
+    that changes anything else is refused (logged once) and the loaded copy keeps serving."""
+    url, log = service
+    folder = base / "2"
+    metadata = contract.read_metadata(folder)
+    metrics = {"test_images": 64, "iwae_k": 2, "elbo": 123.4}
+    contract.write_metadata(folder, {**metadata, "metrics": metrics})
+    wait(lambda: httpx.get(f"{url}/v1/model").json()["metrics"] == metrics, what="new metrics served")
+    contract.write_metadata(folder, {**metadata, "metrics": {**metrics, "elbo": 1.0}, "latent_size": 8})
+    wait(lambda: "version 2: its metadata.json was rewritten with other latent_size while serving" in log.read_text(),
+         what="the rewrite refused")
+    time.sleep(1)  # five more polls: logged once
+    assert log.read_text().count("version 2: its metadata.json was rewritten") == 1
+    info = httpx.get(f"{url}/v1/model").json()
+    assert (info["version"], info["metrics"], info["latent_size"]) == (2, metrics, metadata["latent_size"])
 
 
 def test_removing_the_newest_version_rolls_back(service, base, version_status, wait, images):
