@@ -228,6 +228,15 @@ def mnist_normalize(pixels: np.ndarray, ink_threshold: float = INK) -> np.ndarra
     return out
 
 
+def rows_png(images: np.ndarray) -> bytes:
+    """(R, C, 28, 28[, 1]) in [0, 1] -> a PNG of R rows of C images (a strip for R = 1)."""
+    rows, cols = images.shape[:2]
+    grid = images.reshape(rows, cols, SIDE, SIDE).transpose(0, 2, 1, 3).reshape(rows * SIDE, cols * SIDE)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def to_png(images: np.ndarray) -> bytes:
     """(B, 28, 28[, 1]) in [0, 1] -> PNG bytes: the image itself for B=1, else a grid of ceil(sqrt(B)) columns."""
     images = images.reshape(len(images), SIDE, SIDE)

@@ -8,9 +8,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from service import schemas
 from service.deps import cache_control, ready_serving
+from service.images import rows_png
 from service.payloads import json_array, read_images, read_json
+from service.posterior import posterior_options, sample_posterior, with_posterior_options
 from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
-from service.routes.scoring import posterior_options, rows_png, sample_posterior, with_posterior_options
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
