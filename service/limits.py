@@ -3,7 +3,11 @@
 uvicorn 0.54 arms its keep-alive timer only after a response: a connection that sends nothing, or part of its
 headers, is kept forever. GuardedHttpToolsProtocol closes it after VAE_HEADER_TIMEOUT_S, and tells RequestGuard how
 many connections are open, so that requests beyond VAE_MAX_CONNECTIONS get a 503 in their protocol's error shape
-(uvicorn's own limit_concurrency answers plain text and also counts in-flight requests, not connections)."""
+(uvicorn's own limit_concurrency answers plain text and also counts in-flight requests, not connections).
+
+It also tells RequestGuard when a request's whole body has arrived (no body timer needed to read it), and cancels the
+request's handler when the connection is lost before the answer: a client that left (499), whose work not yet
+started is dropped. A task per request waiting for the disconnect would cost ~20 us per request."""
 
 import asyncio
 import logging
@@ -11,7 +15,8 @@ import logging
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.middleware import OPEN_CONNECTIONS
+from service.metrics import CLIENT_GONE
+from service.middleware import BODY_RECEIVED, HANDLER, OPEN_CONNECTIONS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,21 +29,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
 
+    _in_headers = False  # a request has begun and its headers are not complete yet
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Armed only when the bytes so far end inside a request's headers: headers that arrive whole (nearly all)
+        # cost no timer.
+        if self._in_headers:
+            self._arm_header_timer()
+
     def on_message_begin(self) -> None:  # the first byte of a request, also the next one on a kept-alive connection
         super().on_message_begin()
-        self._arm_header_timer()
+        self._in_headers = True
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._cancel_header_timer()
         self.scope.setdefault("extensions", {})[OPEN_CONNECTIONS] = len(self.connections)
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self.scope[BODY_RECEIVED] = True
+        super().on_message_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            handler = cycle.scope.get(HANDLER)
+            if handler is not None and not handler.done():
+                cycle.scope[CLIENT_GONE] = True
+                handler.cancel()
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:

@@ -4,7 +4,8 @@
 - the cap on open connections (503), the body size (413) and the body time (408) limits, answered in the path's
   protocol's error shape with `Connection: close`;
 - client disconnects: the handler's await is cancelled (work not started yet is dropped: the batcher skips cancelled
-  futures), one log line, no response; MetricsMiddleware counts them as 499;
+  futures), one log line, no response; MetricsMiddleware counts them as 499. The connection's protocol
+  (service.limits) cancels the handler when the connection is lost: no task per request to watch for it;
 - any other error: one log line with its traceback and a well-formed JSON 500 with `Connection: close`. Starlette's
   ServerErrorMiddleware would answer too, but then re-raise, and uvicorn would close the socket under the client's
   next request on it."""
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 OPEN_CONNECTIONS = "vae.open_connections"  # scope["extensions"] key set by service.limits' protocol
+# scope keys shared with service.limits' protocol: the task answering the request (cancelled if the client leaves),
+# and whether the whole body has arrived (then reading it cannot stall: no body timer)
+HANDLER = "vae.handler"
+BODY_RECEIVED = "vae.body_received"
 
 
 class RequestGuard:
@@ -47,6 +52,7 @@ class RequestGuard:
             return
         rid = _request_id(scope)
         request_id.set(rid)  # this request's task has its own context: the value ends with it
+        scope[HANDLER] = asyncio.current_task()
         exchange = _Exchange(scope, receive, send, rid, self)
         try:
             self._check_limits(scope)
@@ -55,7 +61,7 @@ class RequestGuard:
             log.info("%d on %s %s: %s", failed.status_code, scope["method"], scope["path"], failed.detail)
             await exchange.answer(failed)
         except (ClientDisconnect, asyncio.CancelledError):
-            if not exchange.disconnected:
+            if not (exchange.disconnected or scope.get(CLIENT_GONE)):
                 raise  # a server shutdown, not the client
             if (task := asyncio.current_task()).cancelling():
                 task.uncancel()
@@ -64,7 +70,7 @@ class RequestGuard:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             await exchange.answer(RequestFailed(500, "internal error; the X-Request-ID header names it in the log"))
         finally:
-            exchange.close()
+            scope.pop(HANDLER, None)
             if exchange.disconnected:
                 scope[CLIENT_GONE] = True
 
@@ -90,7 +96,7 @@ def _request_id(scope: Scope) -> str:
 
 
 class _Exchange:
-    """One request's receive and send, wrapped: body deadline and size, disconnect watch, response tracking."""
+    """One request's receive and send, wrapped: body deadline and size, response tracking."""
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, rid: str, guard: RequestGuard):
         self.scope, self._receive, self._send = scope, receive, send
@@ -98,35 +104,25 @@ class _Exchange:
         self._guard = guard
         self._deadline = asyncio.get_running_loop().time() + guard.body_timeout_s
         self._received = 0
-        self.disconnected = self.started = self.finishing = False
-        self._handler = asyncio.current_task()
-        self._watcher: asyncio.Task | None = None
-        self._gone = asyncio.Event()
-        self._empty_body_unread = not _has_body(scope)
-        if self._empty_body_unread:  # nothing to read: watch for a disconnect at once
-            self._watch()
+        self.disconnected = self.started = self._body_read = self._answered = False
 
     async def receive(self) -> Message:
-        if self._watcher is not None:  # the body is read: only a disconnect can come
-            if self._empty_body_unread:
-                self._empty_body_unread = False
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await self._gone.wait()
-            return {"type": "http.disconnect"}
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                message = await self._receive()
-        except TimeoutError:
-            raise RequestFailed(408, f"the request body did not arrive within {self._guard.body_timeout_s:g} s "
-                                     f"(VAE_BODY_TIMEOUT_S)") from None
+        if self._body_read or self.scope.get(BODY_RECEIVED):
+            message = await self._receive()  # the buffered body at once; after it, only the end of the exchange
+        else:
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    message = await self._receive()
+            except TimeoutError:
+                raise RequestFailed(408, f"the request body did not arrive within {self._guard.body_timeout_s:g} s "
+                                         f"(VAE_BODY_TIMEOUT_S)") from None
         if message["type"] == "http.disconnect":
-            self.disconnected = True
+            self.disconnected = not self._answered  # after the answer it is the end of the exchange, not the client
         elif message["type"] == "http.request":
             self._received += len(message.get("body", b""))
             if self._received > self._guard.max_body_bytes:
                 raise RequestFailed(413, f"request body is over the limit of {self._guard.max_body_bytes} bytes")
-            if not message.get("more_body", False):
-                self._watch()
+            self._body_read = not message.get("more_body", False)
         return message
 
     async def send(self, message: Message) -> None:
@@ -134,7 +130,7 @@ class _Exchange:
             self.started = True
             message = {**message, "headers": [*message.get("headers", ()), self._rid_header]}
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finishing = True  # from here a "disconnect" is the end of the exchange, not the client leaving
+            self._answered = True
         await self._send(message)
 
     async def answer(self, failed: RequestFailed) -> None:
@@ -142,30 +138,6 @@ class _Exchange:
             log.error("could not answer %d: the response had started", failed.status_code)
             return
         await failed_response(self.scope["path"], failed)(self.scope, self.receive, self.send)
-
-    def _watch(self) -> None:
-        """Once the body is read, the only message left is http.disconnect: wait for it and cancel the handler."""
-        self._watcher = asyncio.get_running_loop().create_task(self._wait_for_disconnect())
-
-    async def _wait_for_disconnect(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass  # a body-less request's empty body: the app gets its own copy from receive()
-        self._gone.set()
-        if not self.finishing:
-            self.disconnected = True
-            self._handler.cancel()
-
-    def close(self) -> None:
-        self.finishing = True
-        if self._watcher is not None and not self._watcher.done():
-            self._watcher.cancel()
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
-            return True
-    return False
 
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:

@@ -67,9 +67,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 
 def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], max_items: int, *,
-               strict: bool = True) -> np.ndarray:
+               strict: bool = True, text: bytes | None = None) -> np.ndarray:
     """document[key] as float32 (N, *item_shape), checked for presence, shape, count and finiteness. strict: the
-    values must be JSON numbers (numpy alone would read "0.5" and true as numbers)."""
+    values must be JSON numbers (numpy alone would read "0.5" and true as numbers). text: the JSON the document was
+    parsed from, if at hand: without a `true` or `false` in it, the search for booleans is skipped (~25 us)."""
     if key not in document:
         raise HTTPException(422, f"the JSON body has no {key!r} field")
     value = document[key]
@@ -84,7 +85,8 @@ def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], 
         raise HTTPException(422, f"{key!r} must be a list of arrays of numbers shaped {list(item_shape)}") from None
     if strict:
         kind = {"U": "strings", "b": "booleans"}.get(array.dtype.kind, "values that are not numbers")
-        if array.dtype.kind in "iuf" and _has_booleans(value):
+        maybe_booleans = text is None or b"true" in text or b"false" in text
+        if array.dtype.kind in "iuf" and maybe_booleans and _has_booleans(value):
             kind = "booleans"
         elif array.dtype.kind in "iuf":
             kind = None
@@ -195,7 +197,7 @@ async def off_loop(request: Request, fn, *args):
 
 
 def _json_images(body: bytes, max_images: int) -> np.ndarray:
-    images = json_array(parse_json(body), "images", (SIDE, SIDE), max_images)
+    images = json_array(parse_json(body), "images", (SIDE, SIDE), max_images, text=body)
     if images.min() < 0 or images.max() > 1:
         raise HTTPException(422, f"'images' values must lie in [0, 1], got {images.min():g} to {images.max():g}")
     return images
