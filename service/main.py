@@ -55,8 +55,9 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     # changes no answer.
     routes.sort(key=lambda route: "POST" not in getattr(route, "methods", ()))
     # FastAPIOffline: /docs loads Swagger UI from the package, not a CDN (no ReDoc: its page loads a logo from one).
+    telemetry = {key: settings.opentelemetry for key in ("tracing", "metrics", "logs")}
     app = FastAPIOffline(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
-                         version="1", lifespan=lifespan, routes=routes, redoc_url=None)
+                         version="1", lifespan=lifespan, routes=routes, redoc_url=None, telemetry=telemetry)
     app.state.settings, app.state.metrics = settings, metrics
     app.state.ready, app.state.failure = False, None
     app.state.registry = registry = Registry(settings, metrics, app.state)

@@ -70,3 +70,15 @@ def test_settings_specific_policy_without_versions_fails_at_start(monkeypatch):
     monkeypatch.delenv("VAE_MODEL_VERSIONS", raising=False)
     with pytest.raises(ValidationError, match="needs model_versions"):
         Settings()
+
+
+def test_fastapi_opentelemetry_follows_its_setting(monkeypatch):
+    """Off by default (FastAPI would look for an OpenTelemetry SDK on every request); on when asked."""
+    from service.main import create_app
+
+    monkeypatch.delenv("VAE_OPENTELEMETRY", raising=False)
+    off = create_app(Settings())
+    assert not any(off._telemetry[key] for key in ("tracing", "metrics", "logs"))
+    monkeypatch.setenv("VAE_OPENTELEMETRY", "true")
+    on = create_app(Settings())
+    assert all(on._telemetry[key] for key in ("tracing", "metrics", "logs"))
