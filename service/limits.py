@@ -33,6 +33,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = _HeadWithBody(transport, self.loop)  # type: ignore[assignment]
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -81,6 +82,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.debug("closed a connection from %s: no complete request headers within %g s (VAE_HEADER_TIMEOUT_S)",
                      _address(self.client), self.header_timeout_s)
             self.transport.close()
+
+
+class _HeadWithBody:
+    """The connection's transport, sending a response's head with its body: uvicorn writes the head when the response
+    starts and the body right after, two system calls and two packets per response. The head waits for the next write
+    (one writev with it) or, if none comes in this event-loop turn, goes alone at the next one."""
+
+    __slots__ = ("_transport", "_loop", "_head")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport, self._loop, self._head = transport, loop, None
+
+    def write(self, data: bytes) -> None:
+        if self._head is None:
+            self._head = data
+            self._loop.call_soon(self._flush)
+        else:
+            head, self._head = self._head, None
+            self._transport.writelines((head, data))
+
+    def _flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 def _address(client: tuple[str, int] | None) -> str:
