@@ -12,8 +12,9 @@ from service.images import rows_png
 from service.payloads import json_array, read_images, read_json
 from service.posterior import posterior_options, sample_posterior, with_posterior_options
 from service.responses import Format, Output, check_output, etag_matches, images_response, json_response, wants_png
+from service.routing import LeanRoute
 
-router = APIRouter(prefix="/v1", tags=["model"])
+router = APIRouter(prefix="/v1", tags=["model"], route_class=LeanRoute)
 
 OutputQuery = Annotated[Output, Query(description="'mode' (0/1 pixels) or 'probs' (pixel probabilities).")]
 FormatQuery = Annotated[Format | None, Query(description="'png' or 'json'; absent: PNG if Accept names image/png.")]

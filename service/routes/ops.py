@@ -8,8 +8,9 @@ from service import schemas
 from service.deps import not_ready, ready_serving
 from service.registry import UnknownModelError, status_document
 from service.responses import json_response
+from service.routing import LeanRoute
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)
 METADATA_KEYS = ("signatures", "default_signature", "metrics", "calibration", "versions", "git_commit", "created_at")
 # Training settings that are paths on the machine that trained the model: no use to a client, and not to publish.
 LOCAL_PATH_KEYS = ("data_dir", "checkpoint", "run_dir", "checkpoint_dir", "log_dir", "output_dir")

@@ -16,8 +16,9 @@ from service.likelihood_ratio import log_ratio, ratio_outlier, ratio_percentiles
 from service.payloads import json_array, read_images, read_json
 from service.posterior import MAX_SEED, check_sample_budget
 from service.responses import Format, Output, json_response, wants_png
+from service.routing import LeanRoute
 
-router = APIRouter(prefix="/v1", tags=["density"])
+router = APIRouter(prefix="/v1", tags=["density"], route_class=LeanRoute)
 
 DEFAULT_K = 32  # when the model's metadata has no calibration
 DEFAULT_THRESHOLD = 99.0

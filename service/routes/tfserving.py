@@ -10,8 +10,9 @@ from service.codecs.signatures import ProtocolError, run_signature, serving_for
 from service.deps import Serving
 from service.payloads import read_body
 from service.responses import json_response
+from service.routing import LeanRoute
 
-router = APIRouter(prefix="/v1/models", tags=["TF Serving REST"])
+router = APIRouter(prefix="/v1/models", tags=["TF Serving REST"], route_class=LeanRoute)
 
 
 def _serving(request: Request) -> Serving:

@@ -13,8 +13,9 @@ from service.codecs.signatures import ProtocolError, SignatureSpec, run_signatur
 from service.deps import Serving
 from service.model import VaeModel
 from service.payloads import read_body
+from service.routing import LeanRoute
 
-router = APIRouter(prefix="/v2", tags=["KServe v2"])
+router = APIRouter(prefix="/v2", tags=["KServe v2"], route_class=LeanRoute)
 SERVER_NAME = "mnist-vae"
 EXTENSIONS = ["binary_tensor_data"]
 
