@@ -196,10 +196,24 @@ def serving(model_dir: str, repo: Path = REPO, extra_env: dict[str, str] | None 
             if time.monotonic() > deadline:
                 raise RuntimeError("service not ready after 120 s")
             time.sleep(0.2)
+        wait_until_idle(process.pid)
         yield Server(port, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def wait_until_idle(pid: int, timeout_s: float = 60.0) -> None:
+    """Until the service uses under 5% of a core: it is ready once the batch sizes up to VAE_BATCH_READY_SIZE are
+    warmed, and then warms the larger ones in the background, which a measurement must not overlap."""
+    deadline = time.monotonic() + timeout_s
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - before < 0.025:
+            return
+        before = now
 
 
 def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float]:
