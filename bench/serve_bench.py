@@ -214,6 +214,7 @@ def wait_until_idle(pid: int, timeout_s: float = 60.0) -> None:
         if now - before < 0.025:
             return
         before = now
+    print(f"warning: the service was still busy {timeout_s:g} s after ready; measuring anyway", file=sys.stderr)
 
 
 def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float]:

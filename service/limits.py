@@ -105,7 +105,8 @@ class _HeadWithBody:
     def _flush(self) -> None:
         if self._head is not None:
             head, self._head = self._head, None
-            self._transport.write(head)
+            if not self._transport.is_closing():  # the client may have reset the connection in the same turn
+                self._transport.write(head)
 
     def close(self) -> None:
         self._flush()

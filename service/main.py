@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     routes = [*inference.router.routes, *scoring.router.routes, *ops.router.routes, *v2.router.routes,
               *tfserving.router.routes, *(playground.router.routes if settings.playground else [])]
     # The router tries routes in order, a regex each: the model calls (POST) first, so v2's infer is the 7th route
-    # tried, not the 21st (~5% of the event loop's time per request). No GET and POST route overlap, so the order
-    # changes no answer.
+    # tried, not the 21st (~5% of the event loop's time per request). A full match (path and method) is the same
+    # route in either order; only a 405's Allow header can differ where a GET and a POST path overlap
+    # (/v1/models/{name} and /v1/models/{name}:predict).
     routes.sort(key=lambda route: "POST" not in getattr(route, "methods", ()))
     # FastAPIOffline: /docs loads Swagger UI from the package, not a CDN (no ReDoc: its page loads a logo from one).
     telemetry = {key: settings.opentelemetry for key in ("tracing", "metrics", "logs")}

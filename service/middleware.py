@@ -55,20 +55,23 @@ class RequestGuard:
         scope[HANDLER] = asyncio.current_task()
         exchange = _Exchange(scope, receive, send, rid, self)
         try:
-            self._check_limits(scope)
-            await self.app(scope, exchange.receive, exchange.send)
-        except RequestFailed as failed:
-            log.info("%d on %s %s: %s", failed.status_code, scope["method"], scope["path"], failed.detail)
-            await exchange.answer(failed)
-        except (ClientDisconnect, asyncio.CancelledError):
+            try:
+                self._check_limits(scope)
+                await self.app(scope, exchange.receive, exchange.send)
+            except RequestFailed as failed:
+                log.info("%d on %s %s: %s", failed.status_code, scope["method"], scope["path"], failed.detail)
+                await exchange.answer(failed)
+            except ClientDisconnect:
+                raise
+            except Exception:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                await exchange.answer(RequestFailed(500, "internal error; the X-Request-ID header names it in the log"))
+        except (ClientDisconnect, asyncio.CancelledError):  # also while an error answer was being sent
             if not (exchange.disconnected or scope.get(CLIENT_GONE)):
                 raise  # a server shutdown, not the client
             if (task := asyncio.current_task()).cancelling():
                 task.uncancel()
             log.info("client disconnected from %s %s", scope["method"], scope["path"])
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await exchange.answer(RequestFailed(500, "internal error; the X-Request-ID header names it in the log"))
         finally:
             scope.pop(HANDLER, None)
             if exchange.disconnected:

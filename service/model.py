@@ -47,8 +47,10 @@ class VaeModel:
     def _set_metadata(self, metadata: dict[str, Any]) -> None:
         self.metadata = metadata
         # Identifies the exported model (not just its version number) for ETags: the metadata and TensorFlow's own
-        # fingerprint of the SavedModel (checksums of the graph and the variables).
-        identity = json.dumps(metadata, sort_keys=True).encode() + self._saved_model_fingerprint
+        # fingerprint of the SavedModel (checksums of the graph and the variables). Not its evaluation: metrics
+        # written later (update_evaluation) change no answer.
+        model = {key: value for key, value in metadata.items() if key not in contract.EVALUATION_FIELDS}
+        identity = json.dumps(model, sort_keys=True).encode() + self._saved_model_fingerprint
         self.fingerprint = hashlib.sha256(identity).hexdigest()[:16]
 
     def update_evaluation(self, metadata: dict[str, Any]) -> list[str]:

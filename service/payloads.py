@@ -85,7 +85,8 @@ def json_array(document: dict[str, Any], key: str, item_shape: tuple[int, ...], 
         raise HTTPException(422, f"{key!r} must be a list of arrays of numbers shaped {list(item_shape)}") from None
     if strict:
         kind = {"U": "strings", "b": "booleans"}.get(array.dtype.kind, "values that are not numbers")
-        maybe_booleans = text is None or b"true" in text or b"false" in text
+        # UTF-16 and UTF-32 bodies (the stdlib fallback of parse_json reads them) hold NUL bytes and spell true apart
+        maybe_booleans = text is None or b"true" in text or b"false" in text or b"\x00" in text
         if array.dtype.kind in "iuf" and maybe_booleans and _has_booleans(value):
             kind = "booleans"
         elif array.dtype.kind in "iuf":

@@ -30,6 +30,16 @@ def test_images_must_be_numbers(client, value, kind):
     assert kind in response.json()["detail"] and "must be JSON numbers" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_booleans_refused_in_utf16_and_utf32_bodies_too(client, encoding):
+    """The stdlib fallback parser reads these encodings, where the bytes of `true` are not b"true"."""
+    row = ", ".join(["0.0"] * 27 + ["true"])
+    body = ('{"images": [[' + ", ".join([f"[{row}]"] * 28) + "]]}").encode(encoding)
+    response = client.post("/v1/encode", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "booleans" in response.json()["detail"]
+
+
 @pytest.mark.parametrize("value", ['"1"', "false"])
 def test_latents_must_be_numbers(client, value):
     latents = ", ".join(["0.0"] * 15 + [value])

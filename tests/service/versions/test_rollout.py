@@ -145,8 +145,11 @@ def test_evaluation_written_after_the_rollout_is_taken_live(service, base, wait)
     folder = base / "2"
     metadata = contract.read_metadata(folder)
     metrics = {"test_images": 64, "iwae_k": 2, "elbo": 123.4}
+    etag = httpx.get(f"{url}/v1/samples", params={"n": 1, "seed": 3}).headers["etag"]
     contract.write_metadata(folder, {**metadata, "metrics": metrics})
     wait(lambda: httpx.get(f"{url}/v1/model").json()["metrics"] == metrics, what="new metrics served")
+    # the same model: its answers, and so their ETags, do not change with its evaluation
+    assert httpx.get(f"{url}/v1/samples", params={"n": 1, "seed": 3}).headers["etag"] == etag
     contract.write_metadata(folder, {**metadata, "metrics": {**metrics, "elbo": 1.0}, "latent_size": 8})
     wait(lambda: "version 2: its metadata.json was rewritten with other latent_size while serving" in log.read_text(),
          what="the rewrite refused")
