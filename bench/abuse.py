@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from report import emit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
@@ -255,10 +256,7 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(30)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

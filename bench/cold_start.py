@@ -8,7 +8,6 @@ time until the model threads had warmed the padded sizes above VAE_BATCH_READY_S
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -18,15 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from report import emit  # noqa: E402
 from rollout import wait_ready  # noqa: E402
-from serve_bench import REPO, free_port  # noqa: E402
+from serve_bench import REPO, cpu_seconds, free_port  # noqa: E402
 
 PADDED = ("encode", "decode", "reconstruct")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def one_run(base: Path, ready_size: int | None) -> dict:
@@ -70,10 +65,7 @@ def main() -> None:
               "load_average_at_end": os.getloadavg()}
     for key in ("ready_s", "cpu_to_ready_s", "all_sizes_warmed_s", "cpu_all_warmed_s"):
         result[f"{key}_median"] = statistics.median(run[key] for run in runs)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

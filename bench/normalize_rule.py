@@ -21,7 +21,6 @@ digit as MNIST would show it) and of MNIST test digits: the figure the upload te
 import argparse
 import gzip
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from report import emit  # noqa: E402
 
 from service import images  # noqa: E402
 from service.images import SIDE, DecodeLimits, load_image, looks_like_mnist, mnist_features, preprocess  # noqa: E402
@@ -175,10 +176,7 @@ def main() -> None:
             "drawn_large_false_vs_own_input": percentiles(correlation(probs(squeezed), squeezed)),
             "mnist_first_2000": percentiles(correlation(probs(first), first)),
         }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

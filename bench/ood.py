@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from report import emit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -196,10 +197,7 @@ def main(argv=None):
                 print(mode, name, json.dumps(rows[name]), file=sys.stderr, flush=True)
             result["modes"][mode] = rows
     result["seconds"] = round(time.time() - start, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

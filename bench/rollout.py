@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import emit  # noqa: E402
 from serve_bench import REPO, encode_requests, free_port, http_get  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -240,9 +241,7 @@ def main() -> None:
         result["cold_start_s"] = {"idle_runs": idle, "idle_median": statistics.median(idle),
                                   "restart_under_load": restart_under_load(base, args.concurrency)}
         result["load_average_at_end"] = os.getloadavg()[0]
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

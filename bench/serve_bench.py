@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 from PIL import Image
+from report import emit
 
 try:  # the client runs on uvloop too when it is installed (it comes with uvicorn[standard])
     from uvloop import run as run_async
@@ -331,10 +332,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.only == "protocols":
         report = protocols_report(args)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        emit(report, args.out)
         return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     samples_concurrencies = [int(c) for c in args.samples_concurrency.split(",") if c]
@@ -377,10 +375,7 @@ def main() -> None:
             "p50_on_minus_off_ms": round(on[c]["p50_ms"] - off[c]["p50_ms"], 2),
         }
     report["summary"] = summary
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ same MNIST images, in the same process. Prints JSON (and writes it to --out).
 """
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -18,6 +17,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 import tf_keras as tfk  # noqa: E402
+from report import emit  # noqa: E402
 
 from training import data  # noqa: E402
 from training.model import ModelConfig  # noqa: E402
@@ -138,10 +138,7 @@ def main():
         "tensorflow": tf.__version__,
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        pathlib.Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
