@@ -5,9 +5,9 @@ falls on every variant alike. Prints one JSON line per run, then the medians as 
     python bench/serve_ab.py --rounds 3 /tmp/before . '.:VAE_TF_INTRA_OP_THREADS=1'
 
 A variant is a checkout directory, optionally followed by ':' and ';'-separated VAR=VALUE environment settings. Each
-run starts that checkout's `python -m service` with its bundled model, drives single-image JSON encode requests for
---warmup + --duration seconds, and reports requests/s, p50, the event loop's CPU per request and the mean model
-call time per batch.
+run starts that checkout's `python -m service` with its bundled model, drives single-image encode requests (our
+JSON, or KServe v2 binary tensors with --protocol v2) for --warmup + --duration seconds, and reports requests/s, p50,
+the event loop's CPU per request and the mean model call time per batch.
 """
 
 import argparse
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from serve_bench import cpu_seconds, drive, encode_requests, histogram_totals, run_async, serving
+from serve_bench import cpu_seconds, drive, encode_requests, histogram_totals, run_async, serving, v2_encode_requests
 
 MODEL_CALL = "vae_model_inference_seconds"  # the service's model-call-time histogram
 
@@ -31,7 +31,7 @@ def run(variant: str, args) -> dict:
     checkout, _, settings = variant.partition(":")
     repo = Path(checkout).resolve()
     env = dict(item.split("=", 1) for item in settings.split(";") if item)
-    requests = encode_requests()
+    requests = v2_encode_requests() if args.protocol == "v2" else encode_requests()
 
     def request(client: int, count: int) -> bytes:
         return requests[(client + count) % len(requests)]
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--protocol", choices=("json", "v2"), default="json",
+                        help="single-image encode requests as our JSON or as KServe v2 binary tensors")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     for _ in range(args.rounds):

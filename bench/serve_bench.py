@@ -243,58 +243,78 @@ CEILING_CODE = """
 import json, sys, time
 import numpy as np, tensorflow as tf
 encode = tf.saved_model.load(sys.argv[1]).signatures["encode"]
-results = {}
-for size in json.loads(sys.argv[2]):
-    images = np.random.default_rng(0).random((size, 28, 28, 1), dtype=np.float32)
-    for _ in range(3):
-        encode(images=images)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < float(sys.argv[3]):
-        {name: t.numpy() for name, t in encode(images=images).items()}
-        calls += 1
-    results[size] = round(calls * size / (time.perf_counter() - start), 1)
-print(json.dumps(results))
+print(json.dumps({"loaded": True}), flush=True)
+for line in sys.stdin:  # one measurement per line: [sizes, seconds]
+    sizes, seconds = json.loads(line)
+    results = {}
+    for size in sizes:
+        images = np.random.default_rng(0).random((size, 28, 28, 1), dtype=np.float32)
+        for _ in range(3):
+            encode(images=images)
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            {name: t.numpy() for name, t in encode(images=images).items()}
+            calls += 1
+        results[size] = round(calls * size / (time.perf_counter() - start), 1)
+    print(json.dumps(results), flush=True)
 """
 
 
-def ceiling(model_dir: str, sizes: list[int], seconds: float) -> dict[str, float]:
-    """Images per second of the encode signature called directly (numpy in and out), per batch size."""
-    out = subprocess.run([sys.executable, "-c", CEILING_CODE, model_dir, json.dumps(sizes), str(seconds)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class Ceiling:
+    """The encode signature called directly (numpy in and out) in a subprocess of its own that loads the model once
+    and then measures on demand, so a measurement can follow the run it is compared with within seconds. It sleeps
+    (no CPU) between measurements."""
+
+    def __init__(self, model_dir: str):
+        self._process = subprocess.Popen([sys.executable, "-c", CEILING_CODE, model_dir], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._answer()
+
+    def images_per_s(self, sizes: list[int], seconds: float) -> dict[str, float]:
+        """Images per second per batch size, each measured for `seconds`."""
+        self._process.stdin.write(json.dumps([sizes, seconds]) + "\n")
+        self._process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict:
+        for line in self._process.stdout:  # TensorFlow may print other lines
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"the ceiling process ended ({self._process.wait()})")
+
+    def __enter__(self) -> "Ceiling":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._process.stdin.close()
+        self._process.wait(timeout=30)
 
 
 # --- the protocols ------------------------------------------------------------------------------------------------
 
 def protocols_report(args) -> dict:
     """Single-image encode as our JSON and as v2 binary tensors: alternating runs on one server (the VM drifts),
-    concurrency 64 then 1, and after each round the ceiling at the mean batch its concurrency-64 runs reached; a
-    round's fraction of the ceiling is its throughput over its own ceiling, the summary holds the medians."""
+    concurrency 64 then 1. Each concurrency-64 run is followed at once by the ceiling at the mean batch that run
+    reached, and its fraction of the ceiling is its throughput over that; the summary holds the medians."""
     extra = dict(item.split("=", 1) for item in args.set)
     paths = {"json": encode_requests(), "v2_binary": v2_encode_requests()}
     report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
               "duration_s": args.duration, "warmup_s": args.warmup, "settings": extra, "rounds": []}
-    with serving(args.model_dir, **extra) as server:
+    with serving(args.model_dir, **extra) as server, Ceiling(args.model_dir) as ceiling:
         for _ in range(args.rounds):
             round_ = {}
             for concurrency in (64, 1):
                 for name, requests in paths.items():
                     def make(client: int, count: int, requests=requests) -> bytes:
                         return requests[(client + count) % len(requests)]
-                    round_[f"{name}_c{concurrency}"] = run_scenario(server, make, concurrency, args, "encode")
-            # The ceiling of this round, at its mean batch, right after it: the VM's speed drifts between rounds, so
-            # each round's throughput is divided by its own ceiling. (The service idles meanwhile.)
-            size = max(1, round(statistics.median(round_[f"{name}_c64"]["mean_batch_images"] or 1 for name in paths)))
-            round_["ceiling"] = {"batch": size, "images_per_s": ceiling(args.model_dir, [size],
-                                                                        max(1.0, args.duration / 2))[str(size)]}
-            for name in paths:
-                round_[f"{name}_c64"]["fraction_of_ceiling"] = round(
-                    round_[f"{name}_c64"]["throughput_rps"] / round_["ceiling"]["images_per_s"], 3)
-            print(json.dumps({"ceiling": round_["ceiling"]}), file=sys.stderr)
+                    run = round_[f"{name}_c{concurrency}"] = run_scenario(server, make, concurrency, args, "encode")
+                    if concurrency == 64:  # the service idles meanwhile
+                        size = max(1, round(run["mean_batch_images"] or 1))
+                        run["ceiling"] = {"batch": size, "images_per_s": ceiling.images_per_s(
+                            [size], max(1.0, args.duration / 2))[str(size)]}
+                        run["fraction_of_ceiling"] = round(run["throughput_rps"] / run["ceiling"]["images_per_s"], 3)
+                        print(json.dumps({name: run["ceiling"]}), file=sys.stderr)
             report["rounds"].append(round_)
-    size = round(statistics.median(r["ceiling"]["batch"] for r in report["rounds"]))
-    report["ceiling_images_per_s"] = {str(size): statistics.median(r["ceiling"]["images_per_s"]
-                                                                   for r in report["rounds"])}
 
     def median(key: str, field: str) -> float:
         return round(statistics.median(r[key][field] for r in report["rounds"]), 3)
@@ -302,11 +322,13 @@ def protocols_report(args) -> dict:
     report["summary"] = {
         name: {"c64_throughput_rps": median(f"{name}_c64", "throughput_rps"),
                "c64_fraction_of_ceiling": median(f"{name}_c64", "fraction_of_ceiling"),
+               "c64_mean_batch_images": median(f"{name}_c64", "mean_batch_images"),
+               "c64_ceiling_images_per_s": round(statistics.median(r[f"{name}_c64"]["ceiling"]["images_per_s"]
+                                                                   for r in report["rounds"]), 1),
                "c64_server_cpu_us_per_request": median(f"{name}_c64", "server_cpu_us_per_request"),
                "c1_p50_ms": median(f"{name}_c1", "p50_ms"),
                "errors": sum(r[f"{name}_c{c}"]["errors"] for r in report["rounds"] for c in (64, 1))}
         for name in paths}
-    report["summary"]["ceiling_batch"] = size
     report["summary"]["c1_p50_binary_minus_json_ms"] = round(
         report["summary"]["v2_binary"]["c1_p50_ms"] - report["summary"]["json"]["c1_p50_ms"], 2)
     return report
@@ -362,7 +384,8 @@ def main() -> None:
     report["overload"] = overload
 
     reached = sorted({max(1, round(r["mean_batch_images"] or 1)) for r in report["encode"]["batching_on"]})
-    report["ceiling_images_per_s"] = ceiling(args.model_dir, reached, max(1.0, args.duration / 2))
+    with Ceiling(args.model_dir) as ceiling:
+        report["ceiling_images_per_s"] = ceiling.images_per_s(reached, max(1.0, args.duration / 2))
 
     on = {r["concurrency"]: r for r in report["encode"]["batching_on"]}
     off = {r["concurrency"]: r for r in report["encode"]["batching_off"]}

@@ -61,8 +61,13 @@ class Batcher:
     def __init__(self, name: str, batch_fn: BatchFn, *, max_size: int, max_delay_s: float, queue_max: int,
                  metrics: Metrics, version: str = "", deadline_s: float = float("inf"),
                  same_batch: Callable[[Any, Any], bool] | None = None, warm: Callable[[int], Any] | None = None,
-                 ready_size: int | None = None):
+                 ready_size: int | None = None, trim_to: Sequence[int] = ()):
         """same_batch(first, other): whether a payload may join the batch of `first` (default: any may).
+        trim_to: the sizes the batch function pads to. When the model is busy (a batch was waiting as the last call
+        ended), a batch of another size is cut to its longest prefix of requests that fills one of them exactly (if
+        that keeps at least half of it); the rest opens the next call, which starts at once. Padding rows cost as
+        much as images, so a saturated model computes images only, as Triton's preferred batch sizes do; an idle
+        one answers at once, padded.
         deadline_s: a request that waited longer in the queue is failed with DeadlineExceededError, not computed.
         warm(size), ready_size: the padded sizes up to ready_size were warmed before the version became ready; the
         model thread warms the larger ones (bucket_sizes(max_size)) itself, one between batches or all while idle,
@@ -84,7 +89,8 @@ class Batcher:
         self._batch_fn = batch_fn
         self._same_batch = same_batch
         self._queue: queue.Queue[_Item] = queue.Queue(queue_max)  # and _STOP
-        self._carry: _Item | None = None  # model thread only: an item that did not fit into the previous batch
+        self._carry: list[_Item] = []  # model thread only: items taken from the queue that the previous batch left
+        self._trim_to = frozenset(trim_to)
         self._warm = warm
         growing = warm is not None and ready_size is not None and ready_size < max_size
         # model thread only: the largest batch merged now, and the padded sizes still to warm before raising it
@@ -186,7 +192,7 @@ class Batcher:
                     self._loop.call_soon_threadsafe(*outcome)
             except RuntimeError:  # the event loop is closed: nobody is waiting any more
                 return
-        self._carry = None
+        self._carry = []
         while True:  # drop what is left (stop() failed those requests already)
             try:
                 self._queue.get_nowait()
@@ -194,36 +200,61 @@ class Batcher:
                 break
 
     def _collect(self) -> list[_Item] | None:
-        """Take a first item, then what is queued, until the batch is full. If the model was idle (the first item had
-        to be waited for), wait for company while requests keep arriving: after each event-loop turn that added
-        some, up to max_delay after the first. A lone request waits one loop turn (about 0.1 ms). None: stop."""
-        first, self._carry = self._carry, None
+        """Take a first item (the oldest carried one, else the queue's), then what is queued, until the batch is full.
+        If the model was idle (the first item had to be waited for), wait for company while requests keep arriving:
+        after each event-loop turn that added some, up to max_delay after the first. A lone request waits one loop
+        turn (about 0.1 ms). None: stop."""
+        carried, self._carry = self._carry, []
         idle = False
-        while first is None and self._to_warm and self._queue.empty():
-            self._warm_next()  # idle: warm the larger sizes now
-        if first is None:
+        if not carried:
+            while self._to_warm and self._queue.empty():
+                self._warm_next()  # idle: warm the larger sizes now
             try:
-                first = self._queue.get_nowait()
+                carried = [self._queue.get_nowait()]
             except queue.Empty:
-                first, idle = self._queue.get(), True
+                carried, idle = [self._queue.get()], True
+        first = carried[0]
         if first is _STOP:
             return None
-        batch, size = [first], first.size
+        batch, size = [], 0
+        for item in carried:  # in order: once one is left for later, so is every item after it
+            if batch and (self._carry or not self._fits(first, item, size)):
+                self._carry.append(item)
+            else:
+                batch.append(item)
+                size += item.size
         deadline = first.enqueued + self.max_delay_s
-        while size < self._limit:
+        while not self._carry and size < self._limit:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 if not (idle and self._loop_turn(deadline - time.perf_counter())) or self._queue.empty():
                     break
                 continue
-            if not self._joins(first, item) or size + item.size > self._limit:
-                self._carry = item
+            if not self._fits(first, item, size):
+                self._carry.append(item)
                 break
             batch.append(item)
             size += item.size
+        if not idle and self._trim_to and size not in self._trim_to:
+            self._trim(batch, size)
         self._queue_depth.set(self._queue.qsize())
         return batch
+
+    def _fits(self, first: _Item, item: _Item, size: int) -> bool:
+        return self._joins(first, item) and size + item.size <= self._limit
+
+    def _trim(self, batch: list[_Item], size: int) -> None:
+        """Cut `batch` (in place) to its longest prefix that fills a padded size exactly, if that holds at least half
+        of its images; the rest goes first into the next batch."""
+        keep = kept = filled = 0
+        for count, item in enumerate(batch, 1):
+            filled += item.size
+            if filled in self._trim_to:
+                keep, kept = count, filled
+        if keep and kept * 2 >= size:
+            self._carry[:0] = batch[keep:]
+            del batch[keep:]
 
     def _warm_next(self) -> None:
         """Warm the next larger padded size and raise the batch limit to it (model thread only). A failure stops the
@@ -364,12 +395,13 @@ class Batchers:
     @classmethod
     def for_model(cls, model: VaeModel, *, max_size: int, max_delay_s: float, queue_max: int, metrics: Metrics,
                   deadline_s: float = float("inf"), ready_size: int | None = None,
-                  score_max_samples: int | None = None) -> "Batchers":
+                  score_max_samples: int | None = None, trim: bool = True) -> "Batchers":
         """The batchers of one model version: each calls that version's model only, so a version's requests can never
         reach another version's model (there is no model reference to swap). ready_size: the padded batch sizes up to
         it are warmed before the version is ready (model.warm_up(ready_sizes(...))); the padded signatures' model
         threads warm the larger ones (None: all are warmed before). score_max_samples: the most k x images one score
-        call may hold (score requests are sized by k x images, so merged requests stay within it; None: max_size)."""
+        call may hold (score requests are sized by k x images, so merged requests stay within it; None: max_size).
+        trim: a busy model's padded batches are cut to the padded sizes (Batcher's trim_to)."""
         def batcher(name: str, batch_fn: BatchFn, size: int = max_size, **options) -> Batcher:
             return Batcher(name, batch_fn, max_size=size, max_delay_s=max_delay_s, queue_max=queue_max,
                            metrics=metrics, version=str(model.version), deadline_s=deadline_s, **options)
@@ -378,7 +410,7 @@ class Batchers:
         image_shape = model.metadata["image_shape"]
 
         def padded(name: str, fn: Callable[[np.ndarray], dict], row_shape: Sequence[int]) -> Batcher:
-            return batcher(name, stacked(fn, buckets), ready_size=ready_size,
+            return batcher(name, stacked(fn, buckets), ready_size=ready_size, trim_to=buckets if trim else (),
                            warm=lambda size: fn(np.zeros((size, *row_shape), np.float32)))
 
         return cls(encode=padded("encode", model.encode, image_shape),

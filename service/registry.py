@@ -258,7 +258,8 @@ class Registry:
                                           queue_max=settings.queue_max, metrics=self.metrics,
                                           deadline_s=settings.queue_deadline_ms / 1000,
                                           ready_size=settings.batch_ready_size,
-                                          score_max_samples=settings.max_posterior_samples)
+                                          score_max_samples=settings.max_posterior_samples,
+                                          trim=settings.batch_trim)
         except ModelLoadError as err:  # TensorFlow's own failure, its message already made one clear line
             self._refuse(record, "UNKNOWN", f"load failed: {err}")
         except ModelContractError as err:

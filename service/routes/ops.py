@@ -35,7 +35,7 @@ async def model_info(request: Request) -> Response:
         **{key: meta.get(key) for key in METADATA_KEYS},
         "training": _public_training(meta.get("training")),
         "batching": {"max_size": settings.batch_max_size, "max_delay_ms": settings.batch_max_delay_ms,
-                     "queue_max": settings.queue_max},
+                     "trim": settings.batch_trim, "queue_max": settings.queue_max},
     })
 
 

@@ -66,7 +66,7 @@ def test_model_shows_metadata_and_device(client, model_dir):
     assert set(body["signatures"]) >= {"encode", "decode", "sample", "reconstruct"}
     settings = client.app.state.settings
     assert body["batching"] == {"max_size": settings.batch_max_size, "max_delay_ms": settings.batch_max_delay_ms,
-                                "queue_max": settings.queue_max}
+                                "trim": settings.batch_trim, "queue_max": settings.queue_max}
 
 
 def test_metrics_count_requests_and_batches(client, digits):
