@@ -1,7 +1,7 @@
 """Serving benchmark: batching on vs off, from a separate client process, plus the in-process ceiling.
 
     python bench/serve_bench.py --duration 5 --out bench/serve_results.json
-    python bench/serve_bench.py --only protocols --duration 4 --rounds 3 --out bench/results/serve_bench_v2.json
+    python bench/serve_bench.py --only protocols --duration 5 --rounds 4 --out bench/results/serve_bench_v2.json
 
 Starts `python -m service` (uvicorn with uvloop + httptools) in a subprocess per configuration and drives it from
 this process, which never imports TensorFlow, with N concurrent keep-alive HTTP/1.1 connections over raw asyncio
@@ -10,7 +10,8 @@ streams (a lean client: it shares the cores with the server). Scenarios: single-
 VAE_QUEUE_MAX; and the ceiling: the SavedModel's encode signature called directly, in a subprocess, at the mean
 batch size the batcher reached. The `protocols` part compares single-image encode requests as our JSON (`/v1/encode`)
 and as KServe v2 binary tensors (`/v2/models/mnist_vae/infer`, as tritonclient sends them), in alternating runs on
-one server, at concurrency 64 and 1.
+one server, at concurrency 64 and 1; each concurrency-64 run is followed at once by the ceiling at its own mean batch
+(a shared VM drifts within minutes).
 """
 
 import argparse
