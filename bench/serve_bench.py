@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -267,28 +268,50 @@ class Ceiling:
     (no CPU) between measurements."""
 
     def __init__(self, model_dir: str):
+        self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen([sys.executable, "-c", CEILING_CODE, model_dir], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self._answer()
+                                         stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        try:
+            self._answer()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def images_per_s(self, sizes: list[int], seconds: float) -> dict[str, float]:
         """Images per second per batch size, each measured for `seconds`."""
-        self._process.stdin.write(json.dumps([sizes, seconds]) + "\n")
-        self._process.stdin.flush()
+        try:
+            self._process.stdin.write(json.dumps([sizes, seconds]) + "\n")
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            self._failed()
         return self._answer()
 
     def _answer(self) -> dict:
         for line in self._process.stdout:  # TensorFlow may print other lines
             if line.startswith("{"):
                 return json.loads(line)
-        raise RuntimeError(f"the ceiling process ended ({self._process.wait()})")
+        self._failed()
+
+    def _failed(self):
+        self._stderr.seek(0)
+        raise RuntimeError(f"the ceiling process ended ({self._process.wait()}): "
+                           f"{self._stderr.read().decode(errors='replace')[-2000:]}")
 
     def __enter__(self) -> "Ceiling":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._process.stdin.close()
-        self._process.wait(timeout=30)
+        try:
+            self._process.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()
+        self._stderr.close()
 
 
 # --- the protocols ------------------------------------------------------------------------------------------------

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(256, gt=0, description="Most images merged into one model call; 1 turns batching off.")
     batch_ready_size: int = Field(64, gt=0, description="Padded batch sizes up to this are warmed before a version is "
                                   "ready; the model threads warm the larger ones after, batches growing as they do.")
-    batch_trim: bool = Field(True, description="When the model is busy, cut a batch to the largest padded size it "
-                             "fills exactly and start the next call with the rest, instead of computing padding rows.")
+    batch_trim: bool = Field(True, description="When the model is busy, cut a batch of 16 images or more to a padded "
+                             "size its oldest requests fill exactly and start the next call with the rest, instead of "
+                             "computing padding rows.")
     batch_max_delay_ms: float = Field(2.0, ge=0, description="Longest wait for company, from a batch's first item.")
     queue_max: int = Field(1024, gt=0, description="Requests waiting per signature before new ones get 503.")
     queue_deadline_ms: float = Field(10_000, gt=0, description="A request that waited longer in the queue is answered "

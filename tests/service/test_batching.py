@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service.batching import (
+    TRIM_FROM,
     Batcher,
     DeadlineExceededError,
     QueueFullError,
@@ -316,27 +317,41 @@ def test_submit_same_batch_keeps_other_payloads_apart():
 
 
 def test_busy_model_cuts_a_batch_to_a_padded_size_and_runs_the_rest_next():
-    calls, results = run_held([(i, 1) for i in range(1, 6)], trim_to=bucket_sizes(256))
-    assert calls == [[0], [1, 2, 3, 4], [5]]  # 5 would be padded to 6: 4 now, the 5th first in the next call
-    assert results == [i * 10 for i in range(6)]
+    calls, results = run_held([(i, 1) for i in range(1, 31)], trim_to=bucket_sizes(256))
+    assert calls == [[0], list(range(1, 29)), [29, 30]]  # 30 would be padded to 32: 28 now, 2 first in the next call
+    assert results == [i * 10 for i in range(31)]
 
 
-def test_cut_keeps_the_longest_exact_prefix_and_the_order():
-    calls, results = run_held([(i, 1) for i in range(1, 20)], trim_to=bucket_sizes(256))
-    assert calls == [[0], list(range(1, 17)), [17, 18, 19]]  # 19 -> 16 (the next size is 20), then 3
-    assert results == [i * 10 for i in range(20)]
+def test_busy_model_does_not_cut_a_batch_under_trim_from():
+    calls, _ = run_held([(i, 1) for i in range(1, TRIM_FROM)], trim_to=bucket_sizes(256))
+    assert calls == [[0], list(range(1, TRIM_FROM))]  # padded to 16: a call of its own would cost more
 
 
 def test_cut_leaves_a_batch_whole_if_the_exact_prefix_is_under_half_of_it():
-    calls, _ = run_held([(1, 1), (2, 4)], trim_to=bucket_sizes(256))  # 5 images; only the prefix of 1 is exact
+    calls, _ = run_held([(1, 1), (2, 20)], trim_to=bucket_sizes(256))  # 21 images; only the prefix of 1 is exact
     assert calls == [[0], [1, 2]]
 
 
 def test_cut_keeps_a_same_batch_misfit_after_the_cut_rows():
-    calls, results = run_held([(p, 1) for p in (5, 5, 5, 5, 5, 7)], same_batch=lambda a, b: a == b,
-                              trim_to=bucket_sizes(256))
-    assert calls == [[0], [5, 5, 5, 5], [5], [7]]
-    assert results == [0, 50, 50, 50, 50, 50, 70]
+    calls, results = run_held([(5, 1)] * 17 + [(7, 1)], same_batch=lambda a, b: a == b, trim_to=bucket_sizes(256))
+    assert calls == [[0], [5] * 16, [5], [7]]
+    assert results == [0] + [50] * 17 + [70]
+
+
+def test_cut_counts_only_requests_still_waiting():
+    async def scenario():
+        batcher, recorder, first = await busy(trim_to=bucket_sizes(256))
+        queued = [asyncio.create_task(batcher.submit(i, 1)) for i in range(1, 19)]
+        await asyncio.sleep(0.01)
+        queued[0].cancel()
+        queued[1].cancel()
+        await asyncio.sleep(0.01)
+        recorder.release.set()
+        await asyncio.gather(first, *queued, return_exceptions=True)
+        await batcher.stop()
+        return recorder.calls
+
+    assert asyncio.run(scenario()) == [[0], list(range(3, 19))]  # 16 left of 18: one call, nothing cut
 
 
 def test_idle_model_does_not_cut_a_batch():
@@ -344,13 +359,14 @@ def test_idle_model_does_not_cut_a_batch():
         recorder = Recorder()
         batcher = make(recorder, max_delay_s=2.0, trim_to=bucket_sizes(256))
         batcher.start()
-        results = await asyncio.gather(*(batcher.submit(i, 1) for i in range(5)))
+        await asyncio.sleep(0.02)  # the model thread is waiting for a first request
+        results = await asyncio.gather(*(batcher.submit(i, 1) for i in range(30)))
         await batcher.stop()
         return recorder.calls, results
 
     calls, results = asyncio.run(scenario())
-    assert calls == [[0, 1, 2, 3, 4]]  # answered at once, padded, rather than one call later
-    assert results == [0, 10, 20, 30, 40]
+    assert calls == [list(range(30))]  # answered at once, padded, rather than two a call later
+    assert results == [i * 10 for i in range(30)]
 
 
 def test_stacked_splits_outputs_by_rows():
