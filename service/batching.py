@@ -96,7 +96,7 @@ class Batcher:
         self._same_batch = same_batch
         self._queue: queue.Queue[_Item] = queue.Queue(queue_max)  # and _STOP
         self._carry: list[_Item] = []  # model thread only: items taken from the queue that the previous batch left
-        self._trim_to = frozenset(trim_to)
+        self.trim_to = frozenset(trim_to)
         self._warm = warm
         growing = warm is not None and ready_size is not None and ready_size < max_size
         # model thread only: the largest batch merged now, and the padded sizes still to warm before raising it
@@ -242,7 +242,7 @@ class Batcher:
                 break
             batch.append(item)
             size += item.size
-        if not idle and self._trim_to:
+        if not idle and self.trim_to:
             self._trim(batch)
         self._queue_depth.set(self._queue.qsize() + len(self._carry))
         return batch
@@ -256,12 +256,12 @@ class Batcher:
         TRIM_FROM images up, and counting only requests still waiting (the others are not computed)."""
         rows = [0 if item.future.done() else item.size for item in batch]  # done(): read off the loop, at worst stale
         size = sum(rows)
-        if size < TRIM_FROM or size in self._trim_to:
+        if size < TRIM_FROM or size in self.trim_to:
             return
         keep = kept = filled = 0
         for count, item_rows in enumerate(rows, 1):
             filled += item_rows
-            if filled in self._trim_to:
+            if filled in self.trim_to:
                 keep, kept = count, filled
         if keep and kept * 2 >= size:
             self._carry[:0] = batch[keep:]

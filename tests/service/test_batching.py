@@ -1,5 +1,6 @@
 """The batcher on its own: merging, the idle fast path, limits, errors, cancellation, stopping. The batch function here
-is a plain function held on a threading.Event to control timing; the model is exercised in the route tests."""
+is a plain function held on a threading.Event to control timing; the model is exercised in the route tests (here only
+to check that VAE_BATCH_TRIM reaches a loaded version's batchers)."""
 
 import asyncio
 import threading
@@ -468,3 +469,13 @@ def test_failed_warm_stops_the_growth_and_keeps_serving():
     calls, results = run_held([(i, 1) for i in range(1, 11)], max_size=16, ready_size=4, warm=warm)
     assert all(len(call) <= 4 for call in calls)  # batches never pass the sizes warmed before ready
     assert results == [i * 10 for i in range(11)]
+
+
+def test_padded_signatures_cut_their_batches_unless_batch_trim_is_off(client, make_client):
+    """VAE_BATCH_TRIM reaches the batchers of a loaded version: the padded signatures cut to their padded sizes."""
+    batchers = client.app.state.registry.routing.default.serving.batchers
+    for batcher in (batchers.encode, batchers.decode, batchers.reconstruct):
+        assert batcher.trim_to == frozenset(bucket_sizes(batcher.max_size)), batcher.name
+    assert batchers.sample.trim_to == frozenset()  # one call per (n, seed): nothing is padded
+    untrimmed = make_client(batch_trim=False).app.state.registry.routing.default.serving.batchers
+    assert all(batcher.trim_to == frozenset() for batcher in untrimmed.all())
