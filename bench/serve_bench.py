@@ -1,7 +1,7 @@
 """Serving benchmark: batching on vs off, from a separate client process, plus the in-process ceiling.
 
     python bench/serve_bench.py --duration 5 --out bench/serve_results.json
-    python bench/serve_bench.py --only protocols --duration 5 --rounds 4 --out bench/results/serve_bench_v2.json
+    python bench/serve_bench.py --only protocols --duration 5 --rounds 5 --out bench/results/serve_bench_v2.json
 
 Starts `python -m service` (uvicorn with uvloop + httptools) in a subprocess per configuration and drives it from
 this process, which never imports TensorFlow, with N concurrent keep-alive HTTP/1.1 connections over raw asyncio
@@ -30,6 +30,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import orjson
@@ -292,7 +293,7 @@ class Ceiling:
                 return json.loads(line)
         self._failed()
 
-    def _failed(self):
+    def _failed(self) -> NoReturn:
         self._stderr.seek(0)
         raise RuntimeError(f"the ceiling process ended ({self._process.wait()}): "
                            f"{self._stderr.read().decode(errors='replace')[-2000:]}")
