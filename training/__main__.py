@@ -1,7 +1,10 @@
 """python -m training {train,evaluate,export}: see --help of each."""
 
 import argparse
+import dataclasses
+import json
 import logging
+import pathlib
 import sys
 import warnings
 
@@ -92,6 +95,46 @@ def parser():
     return p
 
 
+def evaluate_command(args):
+    """The `evaluate` subcommand: print the metrics as JSON; optionally write figures and metadata."""
+    import contract
+    from training import data, figures
+    from training.evaluate import BINARIZATION_SEED, Model, calibrate, evaluate
+
+    if args.update_metadata and not args.model_dir:  # before the minutes of evaluation, not after
+        raise FileNotFoundError("--update-metadata needs --model-dir (the SavedModel whose metadata.json to update)")
+    images, _ = data.load_mnist("test", args.data_dir, limit=args.limit)
+    x = data.fixed_binarization(images, seed=BINARIZATION_SEED)
+    if args.model_dir:
+        model = Model.from_saved_model(args.model_dir)
+        history = contract.read_metadata(args.model_dir)["training"].get("history", [])
+    else:
+        from training.train import read_history, restore_weights
+
+        vae, _, _ = restore_weights(args.run_dir)
+        model = Model.from_keras(vae)
+        history = read_history(args.run_dir)
+    metrics = evaluate(model, x, k=args.k, sampling_seed=args.seed)
+    print(json.dumps(dataclasses.asdict(metrics), indent=2))
+    calibration = None
+    if args.calibrate:
+        train_images, _ = data.load_mnist("train", args.data_dir)  # the background model of the likelihood ratio
+        calibration = calibrate(model, images, args.calibration_k, args.seed, train_images)
+        print(calibration.model_dump_json(indent=2, exclude={"background": {"probs"}}))
+    if args.update_metadata:
+        meta = contract.read_metadata(args.model_dir)
+        # Keep metrics written by other evaluations (e.g. bench/evaluate_literature.py's) beside these.
+        meta["metrics"] = {**(meta.get("metrics") or {}), **dataclasses.asdict(metrics)}
+        if calibration is not None:
+            meta["calibration"] = calibration.model_dump()
+        contract.write_metadata(args.model_dir, meta)
+    if args.figures_dir:
+        out = pathlib.Path(args.figures_dir)
+        figures.write_all(out, model, x, history)
+        logging.getLogger("training").info("figures written to %s", out)
+    return metrics
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # "Sharding callback duration" at every checkpoint
@@ -121,8 +164,6 @@ def main(argv=None):
                 verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
             )
         elif args.command == "evaluate":
-            from training.evaluate import evaluate_command
-
             evaluate_command(args)
         elif args.command == "export":
             from training.export import export_run

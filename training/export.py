@@ -1,8 +1,7 @@
 """Export a run as a SavedModel in the TF Serving layout <base>/<name>/<version>/, plus metadata.json.
 
-A Keras model ending in a TFP layer cannot be saved (tensorflow/probability#1604), so the exported
-tf.Module tracks only the two body models (plain Keras layers) and rebuilds the distributions inside its
-tf.function signatures, which return plain tensors. Loading it needs TensorFlow only."""
+The SavedModel holds training.signatures.VAEServingModule (the signatures and the maths they embed);
+loading it needs TensorFlow only."""
 
 import datetime
 import pathlib
@@ -16,79 +15,9 @@ import tensorflow_probability as tfp
 import tf_keras
 
 import contract
-from training.evaluate import score_batch
-from training.model import IMAGE_SHAPE, VAE, ModelConfig, make_prior
+from training.model import IMAGE_SHAPE, VAE, ModelConfig
+from training.signatures import VAEServingModule, signature_schema
 from training.train import read_history, restore_weights
-
-tfpl = tfp.layers
-
-IMAGES_SPEC = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="images")
-
-
-class VAEServingModule(tf.Module):
-    """encode / decode / sample / reconstruct / score as tf.function signatures over the body models."""
-
-    def __init__(self, encoder_body, decoder_body, encoded_size):
-        super().__init__(name="mnist_vae")
-        self.encoder_body = encoder_body
-        self.decoder_body = decoder_body
-        self.encoded_size = encoded_size
-        latents_spec = tf.TensorSpec([None, encoded_size], tf.float32, name="latents")
-        self.encode = tf.function(self._encode, input_signature=[IMAGES_SPEC])
-        self.decode = tf.function(self._decode, input_signature=[latents_spec])
-        self.reconstruct = tf.function(self._reconstruct, input_signature=[IMAGES_SPEC])
-        self.sample = tf.function(
-            self._sample,
-            input_signature=[
-                tf.TensorSpec([], tf.int32, name="num_samples"),
-                tf.TensorSpec([], tf.int64, name="seed"),
-            ],
-        )
-        # Per-row seeds, not one seed: the service merges requests into one batch, and image i of a request must
-        # get the noise of (request seed + i) whatever its row in the merged batch.
-        self.score = tf.function(
-            self._score,
-            input_signature=[
-                IMAGES_SPEC,
-                tf.TensorSpec([], tf.int32, name="k"),
-                tf.TensorSpec([None], tf.int64, name="seeds"),
-            ],
-        )
-
-    def _posterior(self, images):
-        params = self.encoder_body(images, training=False)
-        return tfpl.MultivariateNormalTriL.new(params, self.encoded_size)
-
-    def _encode(self, images):
-        q = self._posterior(images)
-        return {"mean": q.mean(), "scale_tril": q.scale.to_dense(), "covariance": q.covariance()}
-
-    def _decode(self, latents):
-        p = tfpl.IndependentBernoulli.new(self.decoder_body(latents, training=False), IMAGE_SHAPE)
-        return {"logits": p.distribution.logits_parameter(), "probs": p.distribution.probs_parameter(),
-                "mode": p.mode()}
-
-    def _reconstruct(self, images):
-        mean = self._posterior(images).mean()
-        out = self._decode(mean)
-        return {"mean": mean, "probs": out["probs"], "mode": out["mode"]}
-
-    def _score(self, images, k, seeds):
-        """Per image -ELBO, KL, distortion and -IWAE_k in nats (training.evaluate.score_batch, pixels as given)."""
-
-        def encode(x):
-            q = self._posterior(x)
-            return q.mean(), q.scale.to_dense()
-
-        return score_batch(encode, lambda z: self.decoder_body(z, training=False), images, k, seeds)
-
-    def _sample(self, num_samples, seed):
-        # A stateless seed: the same (num_samples, seed) gives the same latents on every call and load.
-        # The int64 seed is split into the two int32 words TFP's stateless samplers take.
-        stateless_seed = tf.cast(tf.stack([tf.bitwise.right_shift(seed, 32), seed % 2**32]), tf.int32)
-        latents = make_prior(self.encoded_size).sample(num_samples, seed=stateless_seed)
-        out = self._decode(latents)
-        return {"latents": latents, "probs": out["probs"], "mode": out["mode"]}
 
 
 def _git_commit():
@@ -98,20 +27,6 @@ def _git_commit():
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def _signature_schema(module):
-    def spec(t):
-        return {"dtype": t.dtype.name, "shape": t.shape.as_list()}
-
-    schema = {}
-    for name in contract.signatures_for(contract.SCHEMA_VERSION):
-        fn = getattr(module, name).get_concrete_function()
-        schema[name] = {
-            "inputs": {s.name: spec(s) for s in fn.structured_input_signature[0]},
-            "outputs": {k: spec(v) for k, v in fn.structured_outputs.items()},
-        }
-    return schema
 
 
 def next_version(model_base):
@@ -158,7 +73,7 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
         "model_version": version,
         "latent_size": d,
         "image_shape": list(IMAGE_SHAPE),
-        "signatures": _signature_schema(module),
+        "signatures": signature_schema(module),
         "default_signature": contract.DEFAULT_SIGNATURE,
         "training": {**config, "epochs_completed": len(history), "checkpoint": str(checkpoint), "history": history},
         "metrics": None,  # filled in by `python -m training evaluate --update-metadata`

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import contract
-from training.evaluate import Model, evaluate, score, score_batch
+from training.evaluate import Model, evaluate, score
+from training.signatures import score_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 V2 = REPO / "models" / "mnist_vae" / "2"
@@ -116,7 +117,8 @@ def test_background_block_is_the_ratio_of_the_scores(v2, digits, mnist_dir):
     """calibrate(train_images=...) fits the independent-pixel Bernoulli on the training images and stores the
     percentiles of llr = -nll - log p_bg(x) of exactly the scored test images."""
     from training import data
-    from training.evaluate import background_log_prob, calibrate, fit_background
+    from contract.likelihood import background_log_prob, fit_background
+    from training.evaluate import calibrate
 
     train_images, _ = data.load_mnist("train", mnist_dir)
     probs = fit_background(train_images)
@@ -138,7 +140,7 @@ def test_background_block_is_the_ratio_of_the_scores(v2, digits, mnist_dir):
 def test_bundled_background_flags_blank_images_not_digits(v2, digits):
     """The stored llr percentiles: real test digits fall around the median, blank images (20 noise seeds: their k = 32
     NLL varies a lot) around the 2nd percentile, where the NLL alone puts them among the more likely digits."""
-    from training.evaluate import background_log_prob
+    from contract.likelihood import background_log_prob
 
     calibration = contract.Calibration.model_validate(contract.read_metadata(V2)["calibration"])
     background = calibration.background
