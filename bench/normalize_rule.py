@@ -32,8 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from report import emit  # noqa: E402
 
-from service import images  # noqa: E402
-from service.images import SIDE, DecodeLimits, load_image, looks_like_mnist, mnist_features, preprocess  # noqa: E402
+from service.api.v1 import preprocess as images  # noqa: E402
+from service.api.v1.decoding import DecodeLimits  # noqa: E402
+from service.api.v1.payloads import load_image  # noqa: E402
+from service.api.v1.preprocess import SIDE, looks_like_mnist, mnist_features, preprocess  # noqa: E402
 from tests.service.drawing import draw_digit, drawn_digits, encoded  # noqa: E402
 
 PERCENTILES = [0, 0.1, 0.5, 1, 5, 50, 95, 99, 99.5, 99.9, 100]

@@ -136,7 +136,7 @@ def score(client, images, mode, seed, batch=64):
 
 
 def flagged(percentile, threshold, test):
-    """As the route decides (service/routes/scoring.py); for 'ratio' `percentile` is the llr's."""
+    """As the route decides (service/api/v1/scoring.py); for 'ratio' `percentile` is the llr's."""
     if test == "ratio":
         return percentile < 100 - threshold
     if test == "upper":
@@ -158,7 +158,7 @@ def main(argv=None):
     from fastapi.testclient import TestClient
     from sklearn.metrics import roc_auc_score
 
-    from service.main import create_app
+    from service.app import create_app
     from service.settings import Settings
 
     rng = np.random.default_rng(0)

@@ -16,10 +16,10 @@ from serve_bench import encode_requests, v2_encode_requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.codecs import v2  # noqa: E402
-from service.codecs.signatures import SignatureSpec, TensorSpec  # noqa: E402
-from service.payloads import json_array, parse_json  # noqa: E402
-from service.responses import json_response  # noqa: E402
+from service.api.kserve_v2 import codec as v2  # noqa: E402
+from service.api.v1.payloads import json_array, parse_json  # noqa: E402
+from service.api.v1.responses import json_response  # noqa: E402
+from service.serving.signatures import SignatureSpec, TensorSpec  # noqa: E402
 
 FP32 = np.dtype(np.float32)
 ENCODE = SignatureSpec("encode", (TensorSpec("images", FP32, (None, 28, 28, 1), "images:0"),),

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 
 from contract.tf_logs import quiet_tensorflow_logs
 
-quiet_tensorflow_logs()  # before TensorFlow's import (by service.main)
+quiet_tensorflow_logs()  # before TensorFlow's import (by service.app)
 
 from pydantic import ValidationError  # noqa: E402
 
-from service.logs import RequestIdFilter  # noqa: E402
+from service.http.logs import RequestIdFilter  # noqa: E402
+from service.http.server import bind_socket  # noqa: E402
+from service.serving.errors import load_error  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.startup import bind_socket, load_error  # noqa: E402
 
 log = logging.getLogger("service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
@@ -76,8 +77,8 @@ def main() -> None:
         fail(f"cannot listen on {settings.host}:{settings.port}: {err.strerror or err}", err)
     import uvicorn  # after the port check: importing TensorFlow takes seconds
 
-    from service.limits import uvicorn_config
-    from service.main import create_app
+    from service.app import create_app
+    from service.http.server import uvicorn_config
 
     try:
         # A failed warm-up ends the process (uvicorn shuts down on SIGTERM and exits with it), so a restart policy

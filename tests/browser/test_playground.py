@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import DecodeLimits, load_image
+from service.api.v1.decoding import DecodeLimits
+from service.api.v1.payloads import load_image
 
 FIXTURES = Path(__file__).parents[1] / "service" / "fixtures"
 SEVEN = FIXTURES / "mnist_test_0_label_7.png"

@@ -5,8 +5,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.routes.playground import ASSETS, PAGE_PATHS, STATIC_DIR
+from service.api.playground.routes import ASSETS, PAGE_PATHS, STATIC_DIR
+from service.app import create_app
 from service.settings import Settings
 
 PAGE_FILES = sorted(STATIC_DIR.iterdir())

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.main import create_app
+from service.app import create_app
 from service.settings import BUNDLED_MODEL_DIR, Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -118,8 +118,8 @@ class LiveServer:
 
         import uvicorn
 
-        from service.limits import uvicorn_config
-        from service.startup import bind_socket
+        from service.http.server import uvicorn_config
+        from service.http.server import bind_socket
 
         self.app = app
         self.socket = bind_socket("127.0.0.1", 0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.auth import ApiKeyError, load_api_keys
+from service.http.auth import ApiKeyError, load_api_keys
 from service.settings import Settings
 
 

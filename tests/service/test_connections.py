@@ -187,7 +187,7 @@ def test_request_id_echoed_or_generated(server):
 
 
 def test_request_id_in_log_lines(server, caplog):
-    from service.logs import RequestIdFilter
+    from service.http.logs import RequestIdFilter
 
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(RequestIdFilter())

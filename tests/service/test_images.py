@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import (
-    CENTRE,
-    DecodeLimits,
-    ImageError,
-    grid_shape,
-    load_image,
-    looks_like_mnist,
-    mnist_features,
-    mnist_normalize,
-    preprocess,
-    to_png,
-)
+from service.api.v1.decoding import DecodeLimits, ImageError
+from service.api.v1.payloads import load_image
+from service.api.v1.png import grid_shape, to_png
+from service.api.v1.preprocess import CENTRE, looks_like_mnist, mnist_features, mnist_normalize, preprocess
 from tests.service.drawing import draw_digit, encoded
 
 LIMITS = DecodeLimits(("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"), max_pixels=4_000_000, max_aspect=20)

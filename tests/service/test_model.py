@@ -8,8 +8,8 @@ import textwrap
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.model import ModelContractError, load_model
+from service.app import create_app
+from service.serving.model import ModelContractError, load_model
 from service.settings import REPO_ROOT, Settings
 
 
@@ -64,7 +64,7 @@ def test_service_never_imports_training_or_tfp(model_dir):
     code = textwrap.dedent(f"""
         import sys
         from fastapi.testclient import TestClient
-        from service.main import create_app
+        from service.app import create_app
         from service.settings import Settings
         from tests.service.conftest import wait_until_ready
         with TestClient(create_app(Settings(model_dir={str(model_dir)!r}, batch_max_size=1))) as client:

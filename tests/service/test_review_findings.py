@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import contract
-from service.main import create_app
+from service.app import create_app
 from service.settings import Settings
 from tests.service.conftest import wait_until_ready
 
@@ -43,7 +43,7 @@ def test_posterior_reconstruct_is_capped_by_the_images_it_returns(client, digit_
 def test_score_requests_are_sized_by_samples_so_merged_calls_stay_within_the_cap():
     with TestClient(create_app(Settings(model_dir=VERSION_2, max_posterior_samples=64))) as client:
         wait_until_ready(client)
-        score = client.app.state.registry.routing.default.serving.batchers.score
+        score = client.app.state.dataplane.registry.routing.default.serving.batchers.score
         assert score.max_size == 64  # k x images per model call, not images
         response = client.post("/v1/score?k=16&seed=1", json={"images": np.zeros((4, 28, 28)).tolist()})
         assert response.status_code == 200 and len(response.json()["scores"]) == 4

@@ -3,8 +3,8 @@
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.routing import LeanRoute
+from service.app import create_app
+from service.http.routing import LeanRoute
 
 
 def direct(route) -> bool:

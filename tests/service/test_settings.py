@@ -74,7 +74,7 @@ def test_settings_specific_policy_without_versions_fails_at_start(monkeypatch):
 
 def test_fastapi_opentelemetry_follows_its_setting(monkeypatch):
     """Off by default (FastAPI would look for an OpenTelemetry SDK on every request); on when asked."""
-    from service.main import create_app
+    from service.app import create_app
 
     monkeypatch.delenv("VAE_OPENTELEMETRY", raising=False)
     off = create_app(Settings())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from service.codecs.signatures import SignatureSpec, TensorSpec
-from service.codecs.tfserving import predict_response
+from service.api.tfserving.codec import predict_response
+from service.serving.signatures import SignatureSpec, TensorSpec
 
 MODEL = "mnist_vae"
 ENCODE_OUTPUTS = ("mean", "scale_tril", "covariance")

@@ -50,8 +50,9 @@ def test_decode_png_has_grid_size(client, latents, count, size):
 
 @pytest.mark.parametrize("body,params,status,detail", [
     ({"latents": [[0.0] * 3]}, {}, 422, "items must have shape [16], got [3]"),
-    ({"latents": [[float("nan")] * 16]}, {}, 422, "contains NaN or infinity"),
-    ({"latents": [[float("inf")] * 16]}, {}, 422, "contains NaN or infinity"),
+    # RFC 8259 has no NaN or Infinity: one parser (orjson) reads the body, and refuses them as malformed JSON
+    ({"latents": [[float("nan")] * 16]}, {}, 400, "malformed JSON"),
+    ({"latents": [[float("inf")] * 16]}, {}, 400, "malformed JSON"),
     ({"latents": []}, {}, 422, "non-empty list"),
     ({"vectors": [[0.0] * 16]}, {}, 422, "no 'latents' field"),
     ({"latents": [[0.0] * 16] * 257}, {}, 422, "has 257 items, the limit is 256"),

@@ -4,7 +4,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from service.main import create_app
+from service.app import create_app
 from service.settings import Settings
 
 
@@ -36,7 +36,7 @@ def test_failed_warm_up_makes_healthz_503(model_dir, monkeypatch):
     def failing_warm_up(self, batch_sizes, threads=1):
         raise RuntimeError("out of GPU memory")  # as a real warm-up can fail, after a successful load
 
-    monkeypatch.setattr("service.model.VaeModel.warm_up", failing_warm_up)
+    monkeypatch.setattr("service.serving.model.VaeModel.warm_up", failing_warm_up)
     failures = []
     with TestClient(create_app(Settings(model_dir=model_dir), on_failure=lambda: failures.append(1))) as client:
         deadline = time.monotonic() + 30
@@ -75,7 +75,7 @@ def test_metrics_count_requests_and_batches(client, digits):
     assert response.status_code == 200
     text = response.text
     assert 'vae_http_requests_total{method="POST",route="/v1/encode",status="200"}' in text
-    version = client.app.state.registry.routing.default.number
+    version = client.app.state.dataplane.registry.routing.default.number
     assert f'vae_batch_size_images_count{{signature="encode",version="{version}"}}' in text
     assert f'vae_model_inference_seconds_count{{signature="encode",version="{version}"}}' in text
     assert f'vae_batch_queue_depth{{signature="encode",version="{version}"}}' in text

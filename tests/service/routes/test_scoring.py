@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.batching import keyed, same_key
-from service.latents import interpolate, posterior_samples
-from service.likelihood_ratio import background_log_prob, ratio_outlier, ratio_percentiles
-from service.main import create_app
-from service.routes.scoring import is_outlier, percentiles
+from service.api.v1.scoring import is_outlier, percentiles
+from service.app import create_app
+from service.serving.batcher import keyed, same_key
+from service.serving.latents import interpolate, posterior_samples
+from service.serving.likelihood_ratio import background_log_prob, ratio_outlier, ratio_percentiles
 from service.settings import REPO_ROOT, Settings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -8,8 +8,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.model import ModelContractError
+from service.app import create_app
+from service.serving.model import ModelContractError
 from service.settings import Settings
 
 ENCODE = {"images": [[[0.0] * 28] * 28]}
@@ -130,7 +130,7 @@ def test_unloaded_version_leaves_no_model_behind(base, model_dir, artifacts, pla
         ready(client, wait)
         for _ in range(3):
             client.post("/v1/encode", json=ENCODE)
-        serving = client.app.state.registry.routing.default.serving
+        serving = client.app.state.dataplane.registry.routing.default.serving
         model, threads = weakref.ref(serving.model), [batcher._thread for batcher in serving.batchers.all()]
         del serving
         place_version(base, 2, artifacts["perturbed"])

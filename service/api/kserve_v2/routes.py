@@ -1,0 +1,123 @@
+"""Open Inference Protocol (KServe v2) routes, with the binary tensor data extension that tritonclient uses.
+
+Every signature is a v2 model (contract.v2_model_names): `mnist_vae` is the default (encode), `mnist_vae-decode`,
+`mnist_vae-sample`, ... the others. Errors are {"error": ...} (service/http/errors.py)."""
+
+import weakref
+
+from fastapi import APIRouter, Request, Response
+
+import contract
+from service.api.kserve_v2 import codec as v2
+from service.http.bodies import inflate, off_loop_if_large, read_body
+from service.http.errors import ProtocolError
+from service.http.routing import LeanRoute
+from service.http.versions import ready_serving
+from service.serving import dataplane
+from service.serving.errors import (
+    DeadlineExceededError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    Unsupported,
+)
+from service.serving.model import VaeModel
+from service.serving.registry import Serving
+from service.serving.signatures import SignatureSpec, signature_specs
+
+router = APIRouter(prefix="/v2", tags=["KServe v2"], route_class=LeanRoute)
+# The serving layer's errors as this protocol answers them ({"error": message}).
+STATUS = {InvalidInput: 400, NotFound: 404, Unsupported: 400, NotReady: 503, Overloaded: 503,
+          DeadlineExceededError: 504, ServingError: 500}
+
+
+def belongs(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+SERVER_NAME = "mnist-vae"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+_MODELS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
+
+
+# The protocol's health and readiness answers are status codes with an empty body; the schema must say so.
+NO_BODY = {200: {"description": "true", "content": {}}, 400: {"description": "false", "content": {}}}
+
+
+def v2_models(serving: Serving) -> dict[str, SignatureSpec]:
+    """v2 model name -> signature, for the signatures the loaded model has (once per loaded model)."""
+    models = _MODELS.get(serving.model)
+    if models is None:
+        specs = signature_specs(serving.model)
+        models = _MODELS[serving.model] = {name: specs[signature] for name, signature
+                                           in contract.v2_model_names(serving.model.name).items() if signature in specs}
+    return models
+
+
+def _model(request: Request) -> tuple[Serving, str, SignatureSpec]:
+    params = request.path_params
+    name, version = params["name"], params.get("version")
+    serving = ready_serving(request, version)
+    signature = v2_models(serving).get(name)
+    if signature is None:
+        raise ProtocolError(404, f"Request for unknown model: '{name}' is not found; models: "
+                                 f"{sorted(v2_models(serving))}")
+    return serving, name, signature
+
+
+@router.get("")
+async def server_metadata(request: Request) -> Response:
+    """Server metadata: name, version and the protocol extensions supported."""
+    return v2.json({"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS})
+
+
+@router.get("/health/live", response_class=Response, responses=NO_BODY)
+async def server_live(request: Request) -> Response:
+    """200 while the service can answer; 400 (the protocol's 'false') once the model's warm-up has failed."""
+    return Response(status_code=400 if request.app.state.dataplane.registry.failure else 200)
+
+
+@router.get("/health/ready", response_class=Response, responses=NO_BODY)
+async def server_ready(request: Request) -> Response:
+    """200 once the model is loaded and warmed up, 400 (the protocol's 'false') before."""
+    return Response(status_code=200 if request.app.state.dataplane.ready else 400)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(request: Request) -> Response:
+    """Model metadata: inputs and outputs with name, datatype and shape (-1: any size), from the loaded signature."""
+    serving, name, signature = _model(request)
+    return v2.json({"name": name, "versions": [str(serving.model.version)], "platform": "tensorflow_savedmodel",
+                    "inputs": [v2.tensor_metadata(spec) for spec in signature.inputs],
+                    "outputs": [v2.tensor_metadata(spec) for spec in signature.outputs]})
+
+
+@router.get("/models/{name}/ready", response_class=Response, responses=NO_BODY)
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=NO_BODY)
+async def model_ready(request: Request) -> Response:
+    """200 if the model (version) is ready, 400 while the service is not ready, 404 for an unknown model."""
+    if not request.app.state.dataplane.ready:
+        return Response(status_code=400)
+    _model(request)
+    return Response(status_code=200)
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(request: Request) -> Response:
+    """Inference: JSON tensors, or binary tensors after a JSON header (Inference-Header-Content-Length)."""
+    serving, name, signature = _model(request)
+    limit = serving.settings.max_body_bytes
+    body = await read_body(request, limit)
+    parsed = await off_loop_if_large(len(body), _parse, body, request.headers, limit, name, signature)
+    results = await dataplane.run_signature(serving, signature, parsed.inputs)
+    content, headers, media_type = v2.infer_response(parsed, name, serving.model.version, results)
+    return Response(content, headers=headers, media_type=media_type)
+
+
+def _parse(body: bytes, headers, limit: int, name: str, signature: SignatureSpec) -> v2.InferRequest:
+    body = inflate(body, headers.get("content-encoding"), limit)
+    return v2.parse_infer(body, headers.get(v2.HEADER_LENGTH), name, signature)

@@ -1,0 +1,446 @@
+"""Upload decoding in worker processes that the OS caps, shared fairly between requests.
+
+- Workers are `python -m service.api.v1.decode_pool` processes: spawned, never forked (the service has TensorFlow
+  loaded and threads running), importing Pillow, numpy and the v1 image modules only. Each caps its own address
+  space (RLIMIT_AS: its size once imported plus `memory_mb`) and, file by file, its CPU time (RLIMIT_CPU: the kernel
+  ends it with SIGXCPU `cpu_s` seconds into a file). The service kills a worker whose file passes `timeout_s` of
+  wall-clock time, or whose request was cancelled (the client left), and starts another. These are the backstop for
+  what service.api.v1.decoding's header checks do not foresee: any file that breaks one is a 4xx naming the bound.
+- Fairness: each file is one job; a request has at most one job in the workers at a time, and a free worker goes to
+  the waiting request that has used the least worker time so far (ties: the first to ask). A new request's first
+  file therefore waits for at most one running job to end, however many files other requests have queued.
+- Messages are a 4-byte length, a JSON header and raw bytes (the file, or the (28, 28) float32 pixels): nothing the
+  worker sends is unpickled by the service.
+
+The pool is thread-based on the service's side (a thread per running job, blocked on the worker's pipe), so it serves
+any event loop, and its workers outlive none of it: a worker exits when its pipe closes."""
+
+import asyncio
+import atexit
+import concurrent.futures
+import heapq
+import itertools
+import json
+import math
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.api.v1.decoding import DecodeLimits, ImageError
+
+_LENGTH = struct.Struct(">I")
+_REPO_ROOT = str(Path(__file__).resolve().parents[3])
+_START_TIMEOUT_S = 60.0
+# Worker environment: one BLAS thread; large buffers mmapped (and so returned to the OS when freed); two malloc arenas.
+_WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    workers: int = 2
+    memory_mb: int = 192  # address space a worker may add to its own after its imports
+    cpu_s: float = 2.0  # CPU time per file
+    timeout_s: float = 5.0  # wall-clock time per file
+
+
+class DecodeFailure(RuntimeError):
+    """A worker crashed on a file for a reason other than a bound (a bug, not the file's fault): a 500."""
+
+
+@dataclass
+class _Job:
+    header: dict[str, Any]
+    data: bytes
+    cancelled: bool = False
+
+
+class _Worker:
+    """One worker process, driven by blocking calls from one thread at a time (the fair queue hands it out)."""
+
+    def __init__(self, config: PoolConfig):
+        self.config = config
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # guards _process and _job against cancel() from the event loop
+        self._starting = threading.Lock()  # held from the spawn to the worker's "ready"
+        self._job: _Job | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Starts the process if none is running, and waits for it to say it is ready."""
+        with self._starting:
+            if self._process is not None and self._process.poll() is None:
+                return
+            env = {**os.environ, **_WORKER_ENV,
+                   "PYTHONPATH": os.pathsep.join(filter(None, [_REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.api.v1.decode_pool", str(self.config.memory_mb),
+                 str(self.config.cpu_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=_REPO_ROOT,
+                close_fds=True, start_new_session=True)  # its own session: a terminal's Ctrl-C goes to the service
+            if _read_frame(process, time.monotonic() + _START_TIMEOUT_S) is None:
+                process.kill()
+                process.wait()
+                raise DecodeFailure("a decode worker did not start")
+            with self._lock:
+                self._process = process
+
+    def kill(self) -> None:
+        with self._lock:
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def cancel(self, job: _Job) -> None:
+        """Stops `job` if it is still running (its request was cancelled); a later job is left alone."""
+        with self._lock:
+            job.cancelled = True
+            if self._job is not job or self._process is None:
+                return
+            process = self._process
+        process.kill()
+
+    def run(self, job: _Job) -> tuple[dict[str, Any], bytes]:
+        """Sends the job and waits for the answer (header, payload); raises ImageError for a broken bound."""
+        self.start()
+        with self._lock:
+            if job.cancelled:
+                raise asyncio.CancelledError
+            self._job, process = job, self._process
+        try:
+            try:
+                _write_frame(process, job.header, job.data)
+                answer = _read_frame(process, time.monotonic() + self.config.timeout_s)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                answer = None
+            if answer is None:
+                return self._failed(process, job)
+            header, payload = answer
+            if header.get("restart"):  # after a MemoryError a worker's state is not to be trusted
+                self.kill()
+            return header, payload
+        finally:
+            with self._lock:
+                self._job = None
+
+    def _failed(self, process: subprocess.Popen, job: _Job) -> tuple[dict[str, Any], bytes]:
+        timed_out = process.poll() is None
+        if timed_out:
+            process.kill()
+        code = process.wait()
+        name = job.header["name"]
+        if job.cancelled:
+            raise asyncio.CancelledError
+        if timed_out:
+            raise ImageError(f"file {name!r} took longer than {self.config.timeout_s:g} s to decode, the limit "
+                             f"(VAE_DECODE_TIMEOUT_S)", 422)
+        if code == -signal.SIGXCPU:
+            raise ImageError(f"file {name!r} took more than {self.config.cpu_s:g} s of CPU time to decode, the limit "
+                             f"(VAE_DECODE_CPU_S)", 422)
+        if code in (-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
+            # SIGKILL not sent by us: the kernel's OOM killer; SIGSEGV/SIGABRT: a decoder that failed to allocate
+            raise ImageError(f"file {name!r} could not be decoded within the decode memory limit of "
+                             f"{self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB); the decoder stopped with signal "
+                             f"{signal.Signals(-code).name}", 413)
+        raise DecodeFailure(f"the decode worker ended with exit code {code} on file {name!r}")
+
+
+class _FairQueue:
+    """Hands free workers to waiting requests, least worker time used first (thread-safe)."""
+
+    def __init__(self, workers: list[_Worker]):
+        self._lock = threading.Lock()
+        self._idle = list(workers)
+        self._waiting: list[tuple[float, int, concurrent.futures.Future]] = []
+        self._order = itertools.count()
+
+    def acquire(self, used_s: float) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._idle:
+                future.set_running_or_notify_cancel()
+                future.set_result(self._idle.pop())
+            else:
+                heapq.heappush(self._waiting, (used_s, next(self._order), future))
+        return future
+
+    def release(self, worker: _Worker) -> None:
+        with self._lock:
+            while self._waiting:
+                _, _, future = heapq.heappop(self._waiting)
+                if future.set_running_or_notify_cancel():  # False: its request was cancelled while waiting
+                    future.set_result(worker)
+                    return
+            self._idle.append(worker)
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(not future.cancelled() for _, _, future in self._waiting)
+
+    def busy(self, total: int) -> int:
+        with self._lock:
+            return total - len(self._idle)
+
+
+@dataclass
+class _Account:
+    """One request's share: the worker time its files have used."""
+
+    used_s: float = 0.0
+    jobs: list[_Job] = field(default_factory=list)
+
+
+class DecodePool:
+    """Worker processes decoding uploads; `decode` is the async entry point."""
+
+    def __init__(self, config: PoolConfig = PoolConfig()):
+        self.config = config
+        self._workers = [_Worker(config) for _ in range(config.workers)]
+        self._queue = _FairQueue(self._workers)
+        # One thread per running job (at most one per worker) plus as many finishing a respawn after a kill.
+        self._threads = concurrent.futures.ThreadPoolExecutor(2 * config.workers, thread_name_prefix="decode-job")
+        self._closed = False
+        _POOLS.add(self)
+
+    def start(self) -> None:
+        """Starts every worker now (in the background) rather than at the first upload."""
+        for worker in self._workers:
+            self._threads.submit(worker.start)
+
+    def pids(self) -> list[int]:
+        """The workers' process ids (a worker not started yet has none)."""
+        return [pid for worker in self._workers if (pid := worker.pid) is not None]
+
+    def busy(self) -> int:
+        """Workers handed to a request's file (running it, or restarting after it)."""
+        return self._queue.busy(len(self._workers))
+
+    def waiting(self) -> int:
+        """Requests waiting for a worker."""
+        return self._queue.waiting()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for worker in self._workers:
+                worker.kill()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def decode(self, uploads: list[tuple[str, bytes]], limits: DecodeLimits, invert: bool | None,
+                     normalize: bool | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Each upload as a (28, 28) float32 array in [0, 1], stacked, and what preprocessing did to each; the first
+        file that cannot be decoded raises its ImageError (the files after it are not decoded)."""
+        account = _Account()
+        options = {"formats": list(limits.formats), "max_pixels": limits.max_pixels, "max_aspect": limits.max_aspect,
+                   "max_buffer_bytes": limits.max_buffer_bytes, "max_jpeg_scans": limits.max_jpeg_scans,
+                   "max_rle_pixels": limits.max_rle_pixels, "invert": invert, "normalize": normalize,
+                   "memory_limit": f"the decode memory limit of {self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB)"}
+        pixels, done = [], []
+        for name, data in uploads:
+            header, payload = await self._run(account, _Job({**options, "name": name, "size": len(data)}, data))
+            if not header.get("ok"):
+                if "status" in header:
+                    raise ImageError(header["message"], header["status"])
+                raise DecodeFailure(f"decoding file {name!r} failed: {header.get('crash', 'no detail')}")
+            pixels.append(np.frombuffer(payload, np.float32).reshape(header["shape"]))
+            done.append(header["done"])
+        return np.stack(pixels), done
+
+    async def _run(self, account: _Account, job: _Job) -> tuple[dict[str, Any], bytes]:
+        waiting = self._queue.acquire(account.used_s)
+        try:
+            worker = await asyncio.wrap_future(waiting)
+        except asyncio.CancelledError:
+            if not waiting.cancel():  # handed a worker as the request was cancelled: give it back
+                waiting.add_done_callback(lambda future: self._queue.release(future.result()))
+            raise
+        started = time.monotonic()
+        running = self._threads.submit(self._run_on, worker, job)
+        try:
+            return await asyncio.wrap_future(running)
+        except asyncio.CancelledError:
+            if not running.cancel():
+                worker.cancel(job)  # the client left: stop the decode now
+            else:
+                self._queue.release(worker)
+            raise
+        finally:
+            account.used_s += time.monotonic() - started
+
+    def _run_on(self, worker: _Worker, job: _Job) -> tuple[dict[str, Any], bytes]:
+        try:
+            return worker.run(job)
+        finally:
+            try:
+                if not self._closed:
+                    worker.start()  # after a kill, the next job should not wait for the restart
+            except DecodeFailure:
+                pass
+            finally:
+                self._queue.release(worker)
+
+
+_POOLS: "weakref.WeakSet[DecodePool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in list(_POOLS):
+        pool.close()
+
+
+def pool_for(state: Any, settings: Any) -> DecodePool:
+    """The app's decode pool (app.state.upload_decoder), made at first use from the settings: decode_workers (or
+    decode_threads), decode_memory_mb, decode_cpu_s, decode_timeout_s."""
+    pool = getattr(state, "upload_decoder", None)
+    if pool is None:
+        defaults = PoolConfig()
+        config = PoolConfig(
+            workers=getattr(settings, "decode_workers", getattr(settings, "decode_threads", defaults.workers)),
+            memory_mb=getattr(settings, "decode_memory_mb", defaults.memory_mb),
+            cpu_s=getattr(settings, "decode_cpu_s", defaults.cpu_s),
+            timeout_s=getattr(settings, "decode_timeout_s", defaults.timeout_s))
+        pool = state.upload_decoder = DecodePool(config)
+        pool.start()
+    return pool
+
+
+# ---- the wire: 4-byte length, JSON header, then header["size"] raw bytes ----
+
+def _write_frame(process: subprocess.Popen, header: dict[str, Any], payload: bytes) -> None:
+    text = json.dumps({**header, "size": len(payload)}).encode()
+    stream = process.stdin
+    stream.write(_LENGTH.pack(len(text)) + text)
+    stream.write(payload)
+    stream.flush()
+
+
+def _read_exact(fd: int, count: int, deadline: float) -> bytes | None:
+    chunks, left = [], count
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(process: subprocess.Popen, deadline: float) -> tuple[dict[str, Any], bytes] | None:
+    """A frame from the worker, or None if it ended or the deadline passed."""
+    fd = process.stdout.fileno()
+    length = _read_exact(fd, _LENGTH.size, deadline)
+    if length is None:
+        return None
+    (size,) = _LENGTH.unpack(length)
+    if size > 1 << 20:
+        return None
+    text = _read_exact(fd, size, deadline)
+    if text is None:
+        return None
+    header = json.loads(text)
+    payload = _read_exact(fd, int(header.get("size", 0)), deadline)
+    if payload is None or not isinstance(header, dict):
+        return None
+    return header, payload
+
+
+# ---- the worker process ----
+
+def _decode_job(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    from service.api.v1.decoding import decode_gray
+    from service.api.v1.preprocess import preprocess
+
+    limits = DecodeLimits(tuple(header["formats"]), header["max_pixels"], header["max_aspect"],
+                          header["max_buffer_bytes"], header["max_jpeg_scans"], header["max_rle_pixels"],
+                          header["memory_limit"])
+    gray = decode_gray(data, header["name"], limits)
+    try:
+        pixels, done = preprocess(np.asarray(gray, np.float32) / 255.0, header["invert"], header["normalize"])
+    except ImageError as err:  # say which file, in a request of many
+        named = repr(header["name"]) in str(err)
+        raise ImageError(str(err) if named else f"file {header['name']!r}: {err}", err.status) from None
+    pixels = np.ascontiguousarray(pixels, np.float32)
+    return {"ok": True, "shape": list(pixels.shape), "done": done}, pixels.tobytes()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _worker_main(memory_mb: int, cpu_s: float) -> None:
+    import resource
+    import traceback
+
+    # The protocol runs on the pipes the service gave as stdin and stdout; stray prints from C libraries go to stderr.
+    inbox, outbox = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(2, 1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when a worker ends
+    import PIL.Image  # noqa: F401  (imported before the address space is measured)
+
+    from service.api.v1 import decoding, preprocess  # noqa: F401
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    size = _vm_size()
+    cap = size + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    def send(header: dict[str, Any], payload: bytes = b"") -> None:
+        text = json.dumps({**header, "size": len(payload)}, default=_json_default).encode()
+        outbox.write(_LENGTH.pack(len(text)) + text + payload)
+        outbox.flush()
+
+    send({"ready": True, "pid": os.getpid()})
+    while True:
+        length = inbox.read(_LENGTH.size)
+        if len(length) < _LENGTH.size:
+            return  # the service closed the pipe
+        header = json.loads(inbox.read(_LENGTH.unpack(length)[0]))
+        data = inbox.read(header["size"])
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_s)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+        try:
+            answer, payload = _decode_job(header, data)
+        except ImageError as err:
+            answer, payload = {"ok": False, "status": err.status, "message": str(err)}, b""
+        except MemoryError:
+            answer, payload = {"ok": False, "status": 413, "restart": True,
+                               "message": f"file {header['name']!r} needs more memory to decode than the decode "
+                                          f"memory limit of {memory_mb} MB (VAE_DECODE_MEMORY_MB)"}, b""
+        except Exception:
+            answer, payload = {"ok": False, "crash": traceback.format_exc(limit=8)[-4000:]}, b""
+        del data
+        send(answer, payload)
+
+
+def _vm_size() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]), float(sys.argv[2]))

@@ -1,0 +1,258 @@
+"""Upload bytes -> 8-bit grayscale pixels, with memory and time bounded before anything is decoded.
+
+Bounds checked on what a file declares, before its pixels are decoded (each a 4xx naming it):
+- its size: at most `max_pixels` as decoded (a baseline JPEG after its 1/2-1/8 draft), sides within `max_aspect`;
+- JPEG: a progressive or multi-scan JPEG keeps every DCT coefficient of the full-size image whatever the draft
+  scale (2 bytes a coefficient): at most `max_buffer_bytes`; at most `max_jpeg_scans` scans (each one walks every
+  block of the image, however little data it holds);
+- TIFF: one tile or strip (libtiff's buffer, however small the image): at most `max_buffer_bytes` and `max_pixels`;
+- BMP: RLE compression is decoded by Pillow in pure Python (~100 ns a pixel): at most `max_rle_pixels`;
+- animations and multi-page files: only the first frame is ever read or decoded (an animation's canvas is the size
+  checked above; Pillow checks a GIF, APNG or WebP frame against it).
+service.api.v1.decode_pool runs this in worker processes whose memory and CPU time the OS caps, the backstop for what
+these checks do not foresee."""
+
+import io
+import re
+import struct
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+WORK_SIDE = 1024  # uploads are shrunk to fit WORK_SIDE x WORK_SIDE right after decoding: 4 MB as float32 at most
+
+
+class ImageError(ValueError):
+    """An upload that cannot become a model input; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an upload may be: its format (Pillow's names), its decoded size and its shape."""
+
+    formats: tuple[str, ...]
+    max_pixels: int
+    max_aspect: float
+    max_buffer_bytes: int = 64 * 2**20  # a progressive JPEG's coefficients, a TIFF tile or strip
+    max_jpeg_scans: int = 100  # libjpeg's own progressive scripts use 6 to 10; mozjpeg's optimised ones about 20
+    max_rle_pixels: int = 1_000_000  # ~0.1 s of Pillow's pure-Python RLE decoder
+    memory_limit: str = "the memory available"  # how a MemoryError's 413 names the bound that was hit
+
+
+def decode_gray(data: bytes, name: str, limits: DecodeLimits) -> Image.Image:
+    """The upload's first frame as 8-bit grayscale, its longer side at most WORK_SIDE.
+
+    Memory is bounded before anything is decoded: only the allowed formats' parsers see the bytes, the declared size
+    is checked (after a JPEG's draft, which decodes at 1/2 to 1/8 scale), and the decoded image is shrunk before any
+    copy (grayscale, alpha, arrays) is made. Every failure is an ImageError: Pillow's decoders raise many types
+    (ValueError, SyntaxError, struct.error, NotImplementedError, IndexError...) on malformed files."""
+    if not data:
+        raise ImageError(f"file {name!r} is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=limits.formats)  # reads the header only
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"file {name!r} is a decompression bomb: {err}", 413) from None
+    except UnidentifiedImageError:  # the error text only repeats this, naming a BytesIO object
+        raise ImageError(_unidentified(data, name, limits.formats)) from None
+    except MemoryError:
+        raise ImageError(f"file {name!r} needs more memory to read its header than {limits.memory_limit}", 413) from None
+    except Exception as err:
+        raise ImageError(f"file {name!r} has a malformed {_sniff(data) or 'image'} header: {_describe(err)}") from None
+    kind = image.format or "image"
+    try:
+        width, height = image.size
+        if min(width, height) < 1 or max(width, height) > limits.max_aspect * min(width, height):
+            raise ImageError(f"file {name!r} ({kind}) is {width}x{height} pixels: the longer side may be at most "
+                             f"{limits.max_aspect:g} times the shorter")
+        image.draft("L", (WORK_SIDE // 4, WORK_SIDE // 4))  # JPEG only: a 12 MP photo decodes at 1/8 scale
+        if image.width * image.height > limits.max_pixels:
+            raise ImageError(f"file {name!r} ({kind}) is {width}x{height} pixels, over the limit of "
+                             f"{limits.max_pixels} (VAE_MAX_IMAGE_PIXELS)", 413)
+        check_declared_work(image, data, name, limits)
+        image.seek(0)  # first frame of an animation
+        image.load()
+        if max(image.size) > WORK_SIDE:
+            image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+        return _grayscale(image)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(f"file {name!r} ({kind}) needs more memory to decode than {limits.memory_limit}", 413) from None
+    except Exception as err:
+        if isinstance(err, OSError) and str(err) == "decoder error -9":  # Pillow's IMAGING_CODEC_MEMORY
+            raise ImageError(f"file {name!r} ({kind}) needs more memory to decode than {limits.memory_limit}",
+                             413) from None
+        raise ImageError(f"file {name!r} ({kind}) could not be decoded: {_describe(err)}") from None
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+# Magic numbers of the formats Pillow reads (and a few it does not), for clearer messages; checked in order.
+_MAGIC: tuple[tuple[str, re.Pattern[bytes]], ...] = tuple((name, re.compile(pattern, re.DOTALL)) for name, pattern in (
+    ("PNG", rb"\x89PNG\r\n\x1a\n"), ("JPEG", rb"\xff\xd8\xff"), ("GIF", rb"GIF8[79]a"), ("BMP", rb"BM"),
+    ("TIFF", rb"II\*\x00|MM\x00\*"), ("WEBP", rb"RIFF....WEBP"), ("PPM", rb"P[1-7][\s#]"), ("PSD", rb"8BPS"),
+    ("ICO", rb"\x00\x00\x01\x00"), ("CUR", rb"\x00\x00\x02\x00"), ("ICNS", rb"icns"), ("DDS", rb"DDS "),
+    ("EPS", rb"%!PS|\xc5\xd0\xd3\xc6"), ("SGI", rb"\x01\xda"), ("XBM", rb"\s*#define"), ("QOI", rb"qoif"),
+    ("JPEG2000", rb"\x00\x00\x00\x0cjP  \r\n\x87\n|\xff\x4f\xff\x51"), ("IM", rb"Image type"),
+    ("AVIF", rb"....ftypavi[fs]"), ("HEIF", rb"....ftyp(heic|heix|mif1)"), ("PDF", rb"%PDF-"),
+    ("PCX", rb"\x0a[\x00-\x05]\x01[\x01\x02\x04\x08]"), ("FLI", rb"....\x11\xaf|....\x12\xaf"),
+))
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format named by the file's magic number, accepted or not (for a clearer message), or None."""
+    prefix = data[:32]
+    return next((name for name, magic in _MAGIC if magic.match(prefix)), None)
+
+
+def _unidentified(data: bytes, name: str, formats: tuple[str, ...]) -> str:
+    accepted = ", ".join(formats)
+    sniffed = _sniff(data)
+    if sniffed is not None and sniffed not in formats:
+        return f"file {name!r} is a {sniffed} image; the accepted formats are {accepted} (VAE_IMAGE_FORMATS)"
+    if sniffed is not None:
+        return f"file {name!r} looks like {sniffed} but its header is malformed"
+    return f"file {name!r} is not an image in an accepted format ({accepted})"
+
+
+def check_declared_work(image: Image.Image, data: bytes, name: str, limits: DecodeLimits) -> None:
+    """413 (or 422 for a JPEG's scan count) when what the file declares would take more memory or time to decode
+    than its pixel count suggests: see the module docstring."""
+    if image.format == "JPEG":
+        _check_jpeg(data, name, limits)
+    elif image.format == "TIFF":
+        _check_tiff(image, name, limits)
+    elif image.format == "BMP" and image.info.get("compression") in (1, 2):  # BI_RLE8, BI_RLE4
+        pixels = image.width * image.height
+        if pixels > limits.max_rle_pixels:
+            raise ImageError(f"file {name!r} (BMP) is an RLE-compressed {image.width}x{image.height} image: RLE BMPs "
+                             f"may have at most {limits.max_rle_pixels} pixels (decoding them is slow)", 413)
+
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame, every coding process
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})  # TEM, RSTn, SOI, EOI: no length field
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: 0xFF00 is a stuffed byte
+_MAX_SEGMENTS = 20_000
+
+
+@dataclass(frozen=True)
+class JpegLayout:
+    """What a JPEG declares: its frame's process (SOFn marker), size and components (sampling factors), and scans."""
+
+    marker: int
+    width: int
+    height: int
+    sampling: tuple[tuple[int, int], ...]
+    scans: int
+    first_scan_components: int
+
+    @property
+    def multi_scan(self) -> bool:
+        """Whether libjpeg keeps the whole image's coefficients (jdcoefct.c: progressive, or several scans)."""
+        return self.marker in _PROGRESSIVE or self.scans > 1 or self.first_scan_components < len(self.sampling)
+
+    def coefficient_bytes(self) -> int:
+        """Bytes of libjpeg's whole-image coefficient arrays: 64 coefficients of 2 bytes per 8x8 block, per
+        component, padded to whole MCUs (jdcoefct.c allocates them at full size whatever the output scale)."""
+        h_max = max(h for h, _ in self.sampling)
+        v_max = max(v for _, v in self.sampling)
+        mcu_cols, mcu_rows = -(-self.width // (8 * h_max)), -(-self.height // (8 * v_max))
+        return sum(mcu_cols * h * mcu_rows * v for h, v in self.sampling) * 128
+
+
+def jpeg_layout(data: bytes, max_scans: int) -> JpegLayout:
+    """Walks a JPEG's markers (not its entropy-coded data's bytes one by one), counting scans up to max_scans + 1.
+    ValueError if the structure is broken before the first scan."""
+    at, frame, scans, first_scan_components, segments = 2, None, 0, 0, 0
+    while at + 4 <= len(data) and scans <= max_scans:
+        segments += 1
+        if segments > _MAX_SEGMENTS:
+            raise ValueError(f"more than {_MAX_SEGMENTS} marker segments")
+        if data[at] != 0xFF:
+            break
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker in _STANDALONE:
+            at += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        if marker in _SOF and frame is None:
+            if length < 8 or at + 2 + length > len(data):
+                raise ValueError("truncated frame header")
+            height, width, count = struct.unpack_from(">HHB", data, at + 5)
+            sampling = tuple((data[at + 11 + 3 * i] >> 4, data[at + 11 + 3 * i] & 15) for i in range(count)
+                             if at + 11 + 3 * i < len(data))
+            if not sampling or any(not (1 <= h <= 4 and 1 <= v <= 4) for h, v in sampling):
+                raise ValueError("bad sampling factors")
+            frame = (marker, width, height, sampling)
+        at += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data follows, up to the next marker
+            scans += 1
+            if scans == 1:
+                first_scan_components = data[at - length + 2] if length >= 3 else 0
+            found = _NEXT_MARKER.search(data, at)
+            if found is None:
+                break
+            at = found.start()
+    if frame is None:
+        raise ValueError("no frame header")
+    return JpegLayout(*frame, scans, first_scan_components)
+
+
+def _check_jpeg(data: bytes, name: str, limits: DecodeLimits) -> None:
+    try:
+        layout = jpeg_layout(data, limits.max_jpeg_scans)
+    except (ValueError, struct.error, IndexError) as err:
+        raise ImageError(f"file {name!r} (JPEG) has a malformed structure: {_describe(err)}") from None
+    if layout.scans > limits.max_jpeg_scans:
+        raise ImageError(f"file {name!r} (JPEG) has more than {limits.max_jpeg_scans} scans, the limit (each scan "
+                         f"walks the whole image)", 422)
+    if layout.multi_scan and layout.coefficient_bytes() > limits.max_buffer_bytes:
+        kind = "progressive" if layout.marker in _PROGRESSIVE else "multi-scan"
+        raise ImageError(f"file {name!r} (JPEG) is a {kind} {layout.width}x{layout.height} image: decoding it keeps "
+                         f"{layout.coefficient_bytes() / 2**20:.0f} MB of coefficients, over the limit of "
+                         f"{limits.max_buffer_bytes / 2**20:.0f} MB (a {kind} JPEG is not decoded at reduced "
+                         f"size)", 413)
+
+
+def _check_tiff(image: Image.Image, name: str, limits: DecodeLimits) -> None:
+    tags = image.tag_v2  # TiffImageFile's public tag directory (the first page's: no other page is read)
+    width, height = image.size
+    samples = int(tags.get(277, 1) or 1)
+    bits = tags.get(258, (8,))
+    bits = max(bits) if isinstance(bits, tuple) and bits else int(bits or 8)
+    if tags.get(284, 1) == 2:  # planar: one sample per tile or strip
+        samples = 1
+    if 322 in tags or 323 in tags:
+        kind, block_width, block_height = "tile", int(tags.get(322, 0) or 0), int(tags.get(323, 0) or 0)
+    else:  # libtiff reads at most the image's rows into a strip
+        kind, block_width, block_height = "strip", width, min(int(tags.get(278, height) or height), height)
+    pixels = block_width * block_height
+    size = pixels * samples * bits // 8
+    if pixels > limits.max_pixels or size > limits.max_buffer_bytes:
+        raise ImageError(f"file {name!r} (TIFF) is {width}x{height} pixels but declares a {block_width}x{block_height}"
+                         f" {kind} of {size / 2**20:.0f} MB: a {kind} may have at most {limits.max_pixels} pixels "
+                         f"and {limits.max_buffer_bytes / 2**20:.0f} MB", 413)
+
+
+def _grayscale(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become white paper, so dark strokes on a transparent canvas read as ink.
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, rgba)
+    return image.convert("L")
+
+

@@ -1,0 +1,98 @@
+"""Builds the FastAPI app; the model is loaded in the lifespan handler, not at import."""
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
+
+from service.api.kserve_v2 import routes as v2
+from service.api.ops import routes as ops
+from service.api.playground import routes as playground
+from service.api.tfserving import routes as tfserving
+from service.api.v1 import errors as v1_errors
+from service.api.v1 import inference, scoring
+from service.http.auth import OPEN_PATHS
+from service.http.errors import install_error_handlers
+from service.http.middleware import install_middleware
+from service.http.versions import VersionHeaderMiddleware
+from service.serving.dataplane import DataPlane
+from service.serving.metrics import Metrics
+from service.serving.model import configure_device
+from service.serving.registry import Registry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, on_failure: Callable[[], None] | None = None) -> FastAPI:
+    """on_failure: called if no version can be served at start (after /healthz starts answering 503)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = configure_device(settings.gpu_memory_growth, settings.tf_intra_op_threads)
+        # The model thread needs the GIL a few times per call, and a busy event loop keeps it for up to the switch
+        # interval each time. With Python's 5 ms default, concurrency 64 gave 4,606 req/s against 4,758 (model calls
+        # 6.1 ms against 5.9; `python bench/serve_ab.py --rounds 3 . '.:VAE_GIL_SWITCH_INTERVAL_MS=5'`). It mattered
+        # far more (about 20%) while batches were handed to the model thread by the event loop.
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+        # Loading (and the contract check) happens before the port opens, so a model that cannot be served fails the
+        # start at once; an empty base path waits, not ready.
+        await registry.start(device)
+        # The warm-up (seconds) runs with the port open: /healthz answers, /readyz and the model routes say 503. Then
+        # the registry follows the base path.
+        follow = asyncio.create_task(registry.run(on_failure))
+        yield
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+        await registry.stop()
+
+    # The routers' routes are handed over as they are: include_router would put a resolution layer in front of
+    # them that costs ~20 us per request, about 8% of the event loop's time per encode request under load.
+    routes = [*inference.router.routes, *scoring.router.routes, *ops.router.routes, *v2.router.routes,
+              *tfserving.router.routes, *(playground.router.routes if settings.playground else [])]
+    # The router tries routes in order, a regex each: the model calls (POST) first, so v2's infer is the 7th route
+    # tried, not the 21st (~5% of the event loop's time per request). A full match (path and method) is the same
+    # route in either order; only a 405's Allow header can differ where a GET and a POST path overlap
+    # (/v1/models/{name} and /v1/models/{name}:predict).
+    routes.sort(key=lambda route: "POST" not in getattr(route, "methods", ()))
+    # FastAPIOffline: /docs loads Swagger UI from the package, not a CDN (no ReDoc: its page loads a logo from one).
+    telemetry = {key: settings.opentelemetry for key in ("tracing", "metrics", "logs")}
+    app = FastAPIOffline(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
+                         version="1", lifespan=lifespan, routes=routes, redoc_url=None, telemetry=telemetry)
+    app.state.settings, app.state.metrics = settings, metrics
+    registry = Registry(settings, metrics)
+    app.state.dataplane = DataPlane(registry)
+    app.add_middleware(VersionHeaderMiddleware)  # innermost: ends the request's version lease when it answers
+    open_paths = OPEN_PATHS | (playground.PAGE_PATHS if settings.playground else frozenset())
+    install_middleware(app, settings, metrics, open_paths)
+    app.openapi = lambda: _openapi_with_version_parameter(app)
+    install_error_handlers(app, settings.retry_after_s, [(v2.belongs, v2.STATUS), (tfserving.belongs, tfserving.STATUS),
+                                                         (lambda path: True, v1_errors.STATUS)])
+    return app
+
+
+def _openapi_with_version_parameter(app: FastAPI) -> dict:
+    """Document the `version` query parameter on every model route (routes read it themselves, see deps)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)  # FastAPI's own schema, cached in app.openapi_schema and changed in place
+        parameter = {"name": "version", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1},
+                     "description": "Model version to answer with (404 if not loaded); absent: the newest served. "
+                                    "The answer's X-Model-Version header names the version that answered."}
+        for route in app.routes:
+            if "model" in getattr(route, "tags", ()) and isinstance(route, APIRoute):
+                for method in route.methods:
+                    operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+                    if operation is not None and "{version}" not in route.path_format:
+                        parameters = operation.setdefault("parameters", [])
+                        if all(p["name"] != "version" for p in parameters):
+                            parameters.append(parameter)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,74 @@
+"""The served model's signatures as the tensor protocols describe them: names, dtypes and shapes, read from the
+loaded SavedModel (the data plane calls them: service.serving.dataplane.run_signature)."""
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+import contract
+from service.serving.model import VaeModel
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]  # None: any size (the batch dimension)
+    graph_name: str  # the tensor's name in the loaded graph (TF Serving's metadata shows it)
+
+    def shape_text(self) -> str:
+        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.outputs if spec.name == name), None)
+
+
+_SPECS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
+
+
+def signature_specs(model: VaeModel) -> dict[str, SignatureSpec]:
+    """Every signature of the loaded model (serving_default included), computed once per model."""
+    specs = _SPECS.get(model)
+    if specs is None:
+        specs = _SPECS[model] = {name: _signature_spec(model, name, fn) for name, fn in model.signatures.items()}
+    return specs
+
+
+def _signature_spec(model: VaeModel, name: str, fn) -> SignatureSpec:
+    default = model.metadata.get("default_signature", contract.DEFAULT_SIGNATURE)
+    declared = model.metadata.get("signatures", {}).get(default if name == contract.SERVING_DEFAULT else name, {})
+    input_specs, output_specs = fn.structured_input_signature[1], fn.structured_outputs
+    # The flat outputs of a concrete function follow the sorted keys of its structured outputs.
+    graph_names = dict(zip(sorted(output_specs), (tensor.name for tensor in fn.outputs), strict=False))
+    inputs = tuple(_tensor_spec(key, input_specs[key], f"{key}:0")
+                   for key in _ordered(input_specs, declared.get("inputs", {})))
+    outputs = tuple(_tensor_spec(key, output_specs[key], graph_names.get(key, f"{key}:0"))
+                    for key in _ordered(output_specs, declared.get("outputs", {})))
+    return SignatureSpec(name, inputs, outputs)
+
+
+def _ordered(specs: dict, declared: dict) -> list[str]:
+    """The order metadata.json lists the tensors in (a loaded signature's own order varies), then by name."""
+    return [key for key in declared if key in specs] + sorted(key for key in specs if key not in declared)
+
+
+def _tensor_spec(name: str, spec, graph_name: str) -> TensorSpec:
+    return TensorSpec(name, np.dtype(spec.dtype.as_numpy_dtype), tuple(spec.shape.as_list()), graph_name)
+
+
+def served_signature(model: VaeModel, signature: str) -> SignatureSpec | None:
+    """The spec of `signature` (serving_default means the default signature), None if the model lacks it."""
+    if signature == contract.SERVING_DEFAULT:
+        signature = model.metadata.get("default_signature", contract.DEFAULT_SIGNATURE)
+    return signature_specs(model).get(signature)
