@@ -74,6 +74,8 @@ def test_rejected_formats_named_by_magic_number():
 @pytest.fixture(scope="module")
 def pool():
     pool = DecodePool(PoolConfig(workers=2, memory_mb=MEMORY_MB, cpu_s=1, timeout_s=30))
+    pool.start()
+    wait_for(lambda: len(pool.pids()) == 2, "both workers to start")
     yield pool
     pool.close()
 
@@ -129,7 +131,7 @@ def test_memory_cap_stops_what_the_header_checks_miss(pool, case):
 
 def test_cpu_cap_stops_a_decode_of_thousands_of_scans(pool):
     with pytest.raises(ImageError, match=r"took more than 1 s of CPU time to decode, the limit") as err:
-        decode(pool, [("scans.jpg", hostile.jpeg_many_scans(scans=50_000))], UNCHECKED)
+        decode(pool, [("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED)
     assert err.value.status == 422
     assert decode(pool, [("ok.png", hostile.png_small())])[0].shape == (1, 28, 28)
 
@@ -138,7 +140,7 @@ def test_wall_clock_deadline_stops_a_decode():
     pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=600, timeout_s=0.5))
     try:
         with pytest.raises(ImageError, match=r"took longer than 0.5 s to decode, the limit") as err:
-            decode(pool, [("scans.jpg", hostile.jpeg_many_scans(scans=50_000))], UNCHECKED)
+            decode(pool, [("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED)
         assert err.value.status == 422
     finally:
         pool.close()
@@ -149,7 +151,7 @@ def test_client_leaving_stops_its_decode(pool):
     before = set(pool.pids())
 
     async def leave() -> None:
-        task = asyncio.ensure_future(pool.decode([("scans.jpg", hostile.jpeg_many_scans(scans=50_000))], UNCHECKED,
+        task = asyncio.ensure_future(pool.decode([("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED,
                                                  None, None))
         while pool.busy() == 0:  # the file reached a worker
             await asyncio.sleep(0.005)
@@ -212,3 +214,19 @@ def test_one_request_holds_at_most_one_worker(pool):
         return most
 
     assert asyncio.run(run()) == 1
+
+
+# ---- through the service ----
+
+@pytest.mark.parametrize("case", list(hostile.CORPUS))
+def test_hostile_uploads_answered_4xx_or_200_and_service_keeps_serving(client, as_files, digit_pngs, case):
+    data, refused = hostile.CORPUS[case][0](), hostile.CORPUS[case][1]
+    response = client.post("/v1/encode", files=[("files", (case, data, "application/octet-stream"))])
+    if refused:
+        detail = response.json()["detail"]
+        assert response.status_code in (413, 422) and repr(case) in detail, response.text
+        assert "at most" in detail or "limit" in detail, detail
+    else:
+        assert response.status_code in (200, 400, 422), response.text
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/v1/encode", files=as_files(digit_pngs[0])).status_code == 200

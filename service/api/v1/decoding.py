@@ -59,7 +59,7 @@ def decode_gray(data: bytes, name: str, limits: DecodeLimits) -> Image.Image:
     except UnidentifiedImageError:  # the error text only repeats this, naming a BytesIO object
         raise ImageError(_unidentified(data, name, limits.formats)) from None
     except MemoryError:
-        raise ImageError(f"file {name!r} needs more memory to read its header than {limits.memory_limit}", 413) from None
+        raise _out_of_memory(name, "image", limits) from None
     except Exception as err:
         raise ImageError(f"file {name!r} has a malformed {_sniff(data) or 'image'} header: {_describe(err)}") from None
     kind = image.format or "image"
@@ -81,12 +81,15 @@ def decode_gray(data: bytes, name: str, limits: DecodeLimits) -> Image.Image:
     except ImageError:
         raise
     except MemoryError:
-        raise ImageError(f"file {name!r} ({kind}) needs more memory to decode than {limits.memory_limit}", 413) from None
+        raise _out_of_memory(name, kind, limits) from None
     except Exception as err:
         if isinstance(err, OSError) and str(err) == "decoder error -9":  # Pillow's IMAGING_CODEC_MEMORY
-            raise ImageError(f"file {name!r} ({kind}) needs more memory to decode than {limits.memory_limit}",
-                             413) from None
+            raise _out_of_memory(name, kind, limits) from None
         raise ImageError(f"file {name!r} ({kind}) could not be decoded: {_describe(err)}") from None
+
+
+def _out_of_memory(name: str, kind: str, limits: DecodeLimits) -> ImageError:
+    return ImageError(f"file {name!r} ({kind}) needs more memory to decode than {limits.memory_limit}", 413)
 
 
 def _describe(err: BaseException) -> str:
