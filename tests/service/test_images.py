@@ -23,14 +23,16 @@ def pixels_of(data: bytes, **options) -> np.ndarray:
 def test_load_image_mnist_digit_unchanged(digit_pngs, digits):
     pixels, done = load_image(digit_pngs[0], "d", **OPTIONS)
     np.testing.assert_array_equal(pixels, digits[0, ..., 0])
-    assert done == {"inverted": False, "normalized": False}
+    assert done == {"inverted": False, "normalized": False, "background_removed": False, "threshold": None,
+                    "crop_box": None}
 
 
 def test_load_image_light_background_inverted(encode_image, digits):
     light = encode_image(1.0 - digits[0, ..., 0])
     pixels, done = load_image(light, "d", **OPTIONS)
     np.testing.assert_allclose(pixels, digits[0, ..., 0], atol=1e-6)
-    assert done == {"inverted": True, "normalized": False}  # inverted, then MNIST-like: passed through
+    assert done["inverted"] and not done["normalized"]  # inverted, then MNIST-like: passed through
+    assert not done["background_removed"] and done["crop_box"] is None
     kept = pixels_of(light, invert=False, normalize=False)
     assert kept[0, 0] == 1.0
 
@@ -47,7 +49,9 @@ def test_load_image_non_square_padded_and_resized(encode_image):
 
 def test_load_image_drawing_reports_inverted_and_normalized():
     pixels, done = load_image(encoded(draw_digit("7"), "PNG"), "seven.png", **OPTIONS)
-    assert done == {"inverted": True, "normalized": True}
+    assert done["inverted"] and done["normalized"] and done["background_removed"]
+    top, left, bottom, right = done["crop_box"]  # the 7 is drawn in the box (50, 40)-(150, 200), strokes 12 wide
+    assert 30 <= top <= 40 and 40 <= left <= 50 and 195 <= bottom <= 210 and 150 <= right <= 160
     np.testing.assert_array_equal(pixels, pixels_of(encoded(draw_digit("7"), "PNG"), normalize=True))
 
 
@@ -143,6 +147,6 @@ def test_load_image_phone_photo_jpeg_becomes_digit(encode_image):
     photo = np.full((3000, 4000, 3), 230, np.uint8)  # a dark vertical stroke on light paper
     photo[1000:2000, 1800:2100] = 20
     image, done = load_image(encode_image(photo, "JPEG", quality=90), "photo.jpg", **OPTIONS)
-    assert done == {"inverted": True, "normalized": True}
+    assert done["inverted"] and done["normalized"] and done["background_removed"]
     assert image.shape == (28, 28)
     assert image[14, 14] > 0.8 and image[0, 0] < 0.1  # inverted, centred
