@@ -56,10 +56,16 @@ class ApiKeyAuth:
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return False
-                token = token.strip()
-                # Compare with every key, each in constant time, so the time taken says nothing about any of them.
-                return sum(hmac.compare_digest(token, key) for key in self.keys) > 0
+                return bearer_key_valid(value, self.keys)
         return False
+
+
+def bearer_key_valid(authorization: bytes, keys: list[bytes]) -> bool:
+    """Whether an Authorization value (an HTTP header or gRPC's `authorization` metadata) is `Bearer <key>` with one
+    of `keys`."""
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    token = token.strip()
+    # Compare with every key, each in constant time, so the time taken says nothing about any of them.
+    return sum(hmac.compare_digest(token, key) for key in keys) > 0

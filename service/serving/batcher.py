@@ -58,7 +58,9 @@ class Batcher:
         starts at once. Padding rows cost as much as images, so a saturated model computes images only, as Triton's
         preferred batch sizes do. A batch formed while the model was idle is not cut. The cut requests wait outside
         the queue: up to half a batch beyond VAE_QUEUE_MAX (the queue depth gauge counts them).
-        deadline_s: a request that waited longer in the queue is failed with DeadlineExceededError, not computed.
+        deadline_s: a request that waited longer in the queue is failed with DeadlineExceededError, not computed; one
+        whose queued work (rows ahead of it and its own, times the recent model time per row) would take longer is
+        refused at once with QueueFullError (503 and Retry-After, rather than a 504 after the wait).
         warm(size), ready_size: the padded sizes up to ready_size were warmed before the version became ready; the
         model thread warms the larger ones (bucket_sizes(max_size)) itself, one between batches or all while idle,
         and merges batches only up to the largest size warmed so far, so every call runs at a warmed size."""
@@ -88,6 +90,10 @@ class Batcher:
         self._limit = max(size for size in bucket_sizes(max_size) if size <= ready_size) if growing else max_size
         self._to_warm = [size for size in bucket_sizes(max_size) if size > self._limit] if growing else []
         self._waiting: set[asyncio.Future] = set()  # event loop only
+        self._queued_rows = 0  # event loop only: rows submitted and not answered yet
+        # Model thread writes, event loop reads (a float, replaced whole): the recent model time per row, from which
+        # submit() tells how long the queued work will take.
+        self._row_seconds = 0.0
         self._stopped = False  # event loop only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -137,18 +143,28 @@ class Batcher:
         """Queue one request of `size` images and wait for its own share of a batch's result."""
         if self._stopped:
             raise ShuttingDownError(f"{self.name} batcher stopped; retry later")
+        backlog_s = (self._queued_rows + size) * self._row_seconds
+        # Admission by work: behind queued work that would keep it past its deadline, refuse it now. Never into an
+        # empty queue: that call runs at once, and keeps the time per row up to date.
+        if self._queued_rows and backlog_s > self.deadline_s:
+            self._rejected.inc()
+            raise QueueFullError(f"{self.name}: the queued work takes about {backlog_s:.1f} s, over the "
+                                 f"{self.deadline_s:g} s deadline (VAE_QUEUE_DEADLINE_MS); retry later")
         future = self._loop.create_future()
         try:
             self._queue.put_nowait(_Item(payload, size, future, time.perf_counter()))
         except queue.Full:
             self._rejected.inc()
-            raise QueueFullError(f"{self.name} queue is full ({self._queue.maxsize} requests waiting); retry later") from None
+            raise QueueFullError(f"{self.name} queue is full ({self._queue.maxsize} requests waiting); "
+                                 "retry later") from None
         self._queue_depth.set(self._queue.qsize())
         self._waiting.add(future)
+        self._queued_rows += size
         try:
             return await future
         finally:
             self._waiting.discard(future)
+            self._queued_rows -= size
 
     def _run(self) -> None:
         """The model thread: collect a batch, call the model, hand the results to the event loop; until _STOP."""
@@ -291,9 +307,15 @@ class Batcher:
     def _call(self, batch: list[_Item], now: float) -> Sequence[Any]:
         for item in batch:
             self._queue_wait.observe(now - item.enqueued)
-        self._batch_size.observe(sum(item.size for item in batch))
-        with self._inference.time():
-            results = self._batch_fn([item.payload for item in batch])
+        rows = sum(item.size for item in batch)
+        self._batch_size.observe(rows)
+        started = time.perf_counter()
+        results = self._batch_fn([item.payload for item in batch])
+        elapsed = time.perf_counter() - started
+        self._inference.observe(elapsed)
+        # Per row at the batch sizes the load brings: the moving average follows a change of load within ~5 calls.
+        per_row = elapsed / rows
+        self._row_seconds = per_row if not self._row_seconds else 0.8 * self._row_seconds + 0.2 * per_row
         if len(results) != len(batch):
             raise RuntimeError(f"{self.name} batch function gave {len(results)} results for {len(batch)} requests")
         return results

@@ -19,12 +19,15 @@ class Metrics:
         model = ["signature", "version"]
         self.inference = Histogram("vae_model_inference_seconds", "Model call time per batch.",
                                    model, buckets=LATENCY_BUCKETS, **labels)
-        self.batch_size = Histogram("vae_batch_size_images", "Images per model call.",
+        self.batch_size = Histogram("vae_batch_size_images", "Rows per model call, in the signature's unit: images "
+                                    "(encode, reconstruct), latents (decode), digits (sample), decodes = k x images "
+                                    "(score).",
                                     model, buckets=BATCH_BUCKETS, **labels)
         self.queue_wait = Histogram("vae_batch_queue_wait_seconds", "Time a request waits in the queue.",
                                     model, buckets=LATENCY_BUCKETS, **labels)
         self.queue_depth = Gauge("vae_batch_queue_depth", "Requests waiting in the queue.", model, **labels)
-        self.rejected = Counter("vae_batch_rejected_total", "Requests turned away with 503 because the queue was full.",
+        self.rejected = Counter("vae_batch_rejected_total", "Requests turned away with 503: the queue was full, or "
+                                "its queued work could not finish within the deadline.",
                                 model, **labels)
         self.expired = Counter("vae_batch_expired_total", "Requests answered 504: queued longer than the deadline.",
                                model, **labels)

@@ -74,7 +74,7 @@ def make_client(model_dir: Path) -> Iterator[Callable[..., TestClient]]:
         def make(**overrides) -> TestClient:
             key = tuple(sorted(overrides.items()))
             if key not in clients:
-                app = create_app(Settings(model_dir=model_dir, **overrides))
+                app = create_app(Settings(**({"model_dir": model_dir} | overrides)))
                 clients[key] = wait_until_ready(stack.enter_context(TestClient(app)))
             return clients[key]
 
@@ -118,8 +118,7 @@ class LiveServer:
 
         import uvicorn
 
-        from service.http.server import uvicorn_config
-        from service.http.server import bind_socket
+        from service.http.server import bind_socket, uvicorn_config
 
         self.app = app
         self.socket = bind_socket("127.0.0.1", 0)

@@ -277,7 +277,9 @@ def test_request_past_the_queue_deadline_is_not_computed():
     assert isinstance(late, DeadlineExceededError)
     assert late.message == "test: waited in the queue longer than 50 ms; retry later"
     assert calls == [[0], [2]]  # the late request never reached the model
-    assert batcher._metrics.expired.labels("test", "")._value.get() == 1
+    labels = {"signature": "test", "version": ""}
+    expired = batcher._metrics.registry.get_sample_value("vae_batch_expired_total", labels)
+    assert expired == 1
 
 
 def test_submit_after_stop_fails_at_once():
