@@ -39,6 +39,13 @@ def _non_negative_float(text):
     return value
 
 
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -53,7 +60,33 @@ def parser():
     t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
                    help="Adam's (initial) rate (default: %(default)s)")
     t.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
-                   help="cosine: decay to 5%% of the rate over the run (default: %(default)s)")
+                   help="cosine: decay to --final-lr-fraction of the rate over the run (default: %(default)s)")
+    t.add_argument("--final-lr-fraction", type=_fraction, default=0.05,
+                   help="the cosine schedule's last rate as a fraction of the first; 0.1 or less is a decay of 10x "
+                        "or more (default: %(default)s)")
+    t.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
+                   help="elbo: -ELBO (analytic KL); iwae: the importance-weighted bound -IWAE_k (default: %(default)s)")
+    t.add_argument("--k", type=_positive_int, default=1,
+                   help="posterior samples per image in the objective (default: %(default)s)")
+    t.add_argument("--gradient", choices=["standard", "dreg"], default="standard",
+                   help="dreg: doubly reparameterized encoder gradients for --objective iwae (default: %(default)s)")
+    t.add_argument("--init-from", help="start from the weights of this exported version folder (its architecture), "
+                                       "e.g. models/mnist_vae/1; the optimizer starts afresh (default: none)")
+    t.add_argument("--validation", choices=["test", "held-out"], default="test",
+                   help="the per-epoch validation set: the test digits, or the last 10,000 of the 60,000 training "
+                        "digits, held out of training (default: %(default)s)")
+    t.add_argument("--validation-k", type=_positive_int, default=10,
+                   help="importance samples of the per-epoch validation bound (default: %(default)s)")
+    t.add_argument("--backup-every", type=int, default=100,
+                   help="steps between mid-epoch backups a restarted run resumes from; 0: none (default: %(default)s)")
+    t.add_argument("--strategy", choices=["auto", "one-device", "mirrored", "multi-worker"], default="auto",
+                   help="auto: multi-worker when TF_CONFIG is set, mirrored when several GPUs are visible, else one "
+                        "device (default: %(default)s)")
+    t.add_argument("--cluster-timeout", type=_positive_float, default=120.0,
+                   help="multi-worker: seconds to wait for every peer at start, then exit 3 (default: %(default)s)")
+    t.add_argument("--step-timeout", type=_positive_float, default=600.0,
+                   help="multi-worker: seconds without a finished step (a peer gone) before exit 3 "
+                        "(default: %(default)s)")
     t.add_argument("--encoded-size", type=_positive_int, default=16, help="latent dimension d (default: %(default)s)")
     t.add_argument("--base-depth", type=_positive_int, default=32,
                    help="filters of the first conv layer (default: %(default)s)")
@@ -158,9 +191,15 @@ def main(argv=None):
                 args.run_dir,
                 ModelConfig(args.encoded_size, args.base_depth, args.beta, args.bfloat16),
                 TrainConfig(args.epochs, args.batch_size, args.learning_rate, args.lr_schedule, args.seed,
-                            args.train_limit),
+                            args.train_limit, final_lr_fraction=args.final_lr_fraction, objective=args.objective,
+                            k=args.k, gradient=args.gradient, validation=args.validation,
+                            validation_k=args.validation_k, init_from=args.init_from,
+                            backup_every=args.backup_every),
                 data_dir=args.data_dir,
                 resume=args.resume,
+                strategy=args.strategy,
+                cluster_timeout=args.cluster_timeout,
+                step_timeout=args.step_timeout,
                 verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
             )
         elif args.command == "evaluate":
