@@ -79,15 +79,22 @@ def main() -> None:
 
     from service.app import create_app
     from service.http.server import uvicorn_config
+    from service.process import ProcessTuning
 
     try:
         # A failed warm-up ends the process (uvicorn shuts down on SIGTERM and exits with it), so a restart policy
         # (docker-compose's `restart: unless-stopped`) starts it again.
-        app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        tuning = ProcessTuning(settings.gil_switch_interval_ms)
+        tuning.install()
+        app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM), tuning=tuning)
     except Exception as err:  # e.g. an unreadable API key file
         fail(str(err), err)
     failures: list[BaseException] = []
-    server = uvicorn.Server(uvicorn_config(_startup_failures_to(failures, app), settings, log_config=None))
+    try:
+        config = uvicorn_config(_startup_failures_to(failures, app), settings, log_config=None)
+    except RuntimeError as err:  # uvicorn or httptools not the release the server edge was written for
+        fail(str(err), err)
+    server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
     finally:  # uvicorn ends a failed start with sys.exit(3)

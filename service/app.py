@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -10,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
+from service.api import grpc as grpc_servers
 from service.api.kserve_v2 import routes as v2
 from service.api.ops import routes as ops
 from service.api.playground import routes as playground
@@ -20,6 +20,7 @@ from service.http.auth import OPEN_PATHS
 from service.http.errors import install_error_handlers
 from service.http.middleware import install_middleware
 from service.http.versions import VersionHeaderMiddleware
+from service.process import ProcessTuning
 from service.serving.dataplane import DataPlane
 from service.serving.metrics import Metrics
 from service.serving.model import configure_device
@@ -29,26 +30,31 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, on_failure: Callable[[], None] | None = None) -> FastAPI:
-    """on_failure: called if no version can be served at start (after /healthz starts answering 503)."""
+def create_app(settings: Settings | None = None, on_failure: Callable[[], None] | None = None,
+               tuning: ProcessTuning | None = None) -> FastAPI:
+    """on_failure: called if no version can be served at start (after /healthz starts answering 503). tuning: the
+    process's garbage-collector hooks (`python -m service` installs them; None: Python's defaults)."""
     settings = settings or Settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = configure_device(settings.gpu_memory_growth, settings.tf_intra_op_threads)
-        # The model thread needs the GIL a few times per call, and a busy event loop keeps it for up to the switch
-        # interval each time. With Python's 5 ms default, concurrency 64 gave 4,606 req/s against 4,758 (model calls
-        # 6.1 ms against 5.9; `python bench/serve_ab.py --rounds 3 . '.:VAE_GIL_SWITCH_INTERVAL_MS=5'`). It mattered
-        # far more (about 20%) while batches were handed to the model thread by the event loop.
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         # Loading (and the contract check) happens before the port opens, so a model that cannot be served fails the
         # start at once; an empty base path waits, not ready.
         await registry.start(device)
         # The warm-up (seconds) runs with the port open: /healthz answers, /readyz and the model routes say 503. Then
         # the registry follows the base path.
         follow = asyncio.create_task(registry.run(on_failure))
+        # The gRPC front ends (VAE_GRPC) on this event loop, over the same data plane and batchers.
+        try:
+            app.state.grpc = await grpc_servers.start(settings, app.state.dataplane, metrics, app.version)
+        except BaseException:
+            follow.cancel()
+            raise
         yield
+        if app.state.grpc is not None:  # drain: new calls refused, calls in flight get VAE_GRPC_DRAIN_S
+            await app.state.grpc.stop(settings.grpc_drain_s)
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
         await registry.stop()
@@ -67,7 +73,8 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     app = FastAPIOffline(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
                          version="1", lifespan=lifespan, routes=routes, redoc_url=None, telemetry=telemetry)
     app.state.settings, app.state.metrics = settings, metrics
-    registry = Registry(settings, metrics)
+    hooks = {"after_load": tuning.after_load, "after_unload": tuning.after_unload} if tuning else {}
+    registry = Registry(settings, metrics, **hooks)
     app.state.dataplane = DataPlane(registry)
     app.add_middleware(VersionHeaderMiddleware)  # innermost: ends the request's version lease when it answers
     open_paths = OPEN_PATHS | (playground.PAGE_PATHS if settings.playground else frozenset())

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -28,6 +29,12 @@ def error_body(path: str, message: str) -> dict[str, str]:
     """The error object for `path`'s protocol. Used wherever an error is answered before a route runs (limits,
     timeouts, access control), so that every protocol's clients can read it."""
     return {"error": message} if uses_error_key(path) else {"detail": message}
+
+
+class Problem(BaseModel):
+    """The error body of our /v1 routes and probes (documentation: the handlers below write it)."""
+
+    detail: str = Field(examples=["'latents' items must have shape [16], got [3]"])
 
 
 class ProtocolError(HTTPException):

@@ -10,6 +10,7 @@ request's handler when the connection is lost before the answer: a client that l
 started is dropped. A task per request waiting for the disconnect would cost ~20 us per request."""
 
 import asyncio
+import importlib.metadata
 import logging
 import socket
 
@@ -21,6 +22,19 @@ from service.http.middleware import BODY_RECEIVED, HANDLER, OPEN_CONNECTIONS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+# GuardedHttpToolsProtocol overrides HttpToolsProtocol's parser callbacks and reads its `cycle`, `scope`,
+# `connections`, `transport` and `client`: attributes of these releases (pinned exactly in pyproject.toml), checked
+# at start and by tests/service/http/test_server_contract.py over real sockets.
+WRITTEN_FOR = {"uvicorn": "0.54.0", "httptools": "0.9.0"}
+
+
+def check_server_versions() -> None:
+    """A one-line start-up fault if uvicorn or httptools is not the release the protocol subclass was written for."""
+    for name, expected in WRITTEN_FOR.items():
+        found = importlib.metadata.version(name)
+        if found != expected:
+            raise RuntimeError(f"{name} {found} is installed; service/http/server.py extends {name} {expected}'s "
+                               f"HTTP protocol (install {name}=={expected}, or check the subclass against {found})")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -96,6 +110,9 @@ class _HeadWithBody:
         self._transport, self._loop, self._head = transport, loop, None
 
     def write(self, data: bytes) -> None:
+        if self._transport.is_closing():  # the client left (a pipelining client may close after its first answer)
+            self._head = None
+            return
         if self._head is None:
             self._head = data
             self._loop.call_soon(self._flush)
@@ -137,6 +154,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     """The uvicorn Config `python -m service` runs (tests start in-process servers with it too)."""
+    check_server_versions()
     protocol = type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
                     {"header_timeout_s": settings.header_timeout_s})
     options = dict(host=settings.host, port=settings.port, loop="uvloop", http=protocol,

@@ -10,8 +10,6 @@ changes, the failure is logged once, counted in vae_model_load_failures_total an
 here runs on the event loop except loading and warming up; the loop alone changes the records."""
 
 import asyncio
-import ctypes
-import gc
 import json
 import logging
 import os
@@ -85,9 +83,13 @@ class UnknownModelError(LookupError):
 
 
 class Registry:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, *, after_load: Callable[[], None] = lambda: None,
+                 after_unload: Callable[[], None] = lambda: None):
+        """after_load, after_unload: called on the event loop once a version is warmed up, and once one is dropped
+        (service.process tunes the garbage collector there)."""
         self.settings = settings
         self.metrics = metrics
+        self.after_load, self.after_unload = after_load, after_unload
         self.ready = False  # a version is available: every protocol's readiness route reads this
         self.failure: str | None = None  # why nothing can be served, once that is known (liveness fails)
         self.device = "/CPU:0"
@@ -98,7 +100,6 @@ class Registry:
         self._config_seen: tuple | None = None  # model_config_file's (mtime, size) last read
         self._wanted: list[int] = []
         self._retiring: set[asyncio.Task] = set()
-        self._frozen = False
         self._starting = False  # refusals at start are reported by start(): one line if nothing can be served
 
     # -- what routes and status use
@@ -291,16 +292,7 @@ class Registry:
         except Exception as err:
             self._refuse(record, "UNKNOWN", f"warm-up failed: {type(err).__name__}: {err}")
             return
-        if not self._frozen:
-            # TensorFlow leaves ~350k long-lived Python objects: a full collection walks them all in 0.2-0.5 s,
-            # stalling every request in flight. Freezing them takes them out of the collector's sight (and each
-            # version's load after it; a retired version's are collected in _retire). Requests make almost no
-            # reference cycles, yet at the default threshold (700) young collections took about 10 us per request at
-            # concurrency 64, 4% of the event loop's time.
-            gc.collect()
-            gc.set_threshold(20_000)
-            self._frozen = True
-        gc.freeze()
+        self.after_load()
         record.serving.batchers.start()
         record.state = State.AVAILABLE
         self._publish()
@@ -347,11 +339,7 @@ class Registry:
                         record.leases, self.settings.model_drain_timeout_s)
         await record.serving.batchers.stop()
         record.serving, record.state = None, State.END
-        # Its objects were frozen (see _bring_up): collect them. One full collection, a pause of a few hundred ms.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        _release_free_memory()
+        self.after_unload()
         log.info("version %d unloaded (serving %s)", record.number, sorted(self.routing.versions))
 
     def _refusals(self) -> str:
@@ -414,11 +402,3 @@ def status_document(registry: Registry, name: str, version: int | None = None) -
     """TF Serving's model status document ({"model_version_status": [...]}); UnknownModelError (404) for a model or
     version this service does not have. For any route that reports status (ops.py, tfserving.py)."""
     return registry.status_document(name, version)
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap back to the OS (glibc keeps it otherwise): a few MB per unloaded version."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass

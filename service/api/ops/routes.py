@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import contract
-from service.api.v1 import schemas
+from service.api.ops import schemas
+from service.http.errors import Problem
 from service.http.responses import json_response
 from service.http.routing import LeanRoute
 from service.http.versions import ready_serving
@@ -24,7 +25,7 @@ def _public_training(training: dict | None) -> dict | None:
             if key not in LOCAL_PATH_KEYS and not key.endswith(("_dir", "_path", "_file"))}
 
 
-@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": schemas.Problem}})
+@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": Problem}})
 async def model_info(request: Request) -> Response:
     """Metadata of the served model, the device TensorFlow runs on, and the batching settings."""
     serving = ready_serving(request)
@@ -62,7 +63,7 @@ def status_response(request: Request, name: str, version: int | None = None) -> 
         return json_response({"error": str(err)}, status=404)
 
 
-@router.get("/healthz", tags=["ops"], responses={503: {"model": schemas.Problem}})
+@router.get("/healthz", tags=["ops"], responses={503: {"model": Problem}})
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers, and it has not failed to serve any version at start (503 naming why)."""
     failure = request.app.state.dataplane.registry.failure
@@ -71,7 +72,7 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", tags=["ops"], responses={503: {"model": schemas.Problem}})
+@router.get("/readyz", tags=["ops"], responses={503: {"model": Problem}})
 async def readyz(request: Request) -> Response:
     """Readiness: 200 while at least one model version is available (loaded, checked, every signature warmed up)."""
     registry = request.app.state.dataplane.registry

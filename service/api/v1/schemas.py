@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.http.errors import Problem
+
 BLANK_DIGIT = [[0.0] * 28 for _ in range(28)]
 LATENT_EXAMPLE = [0.1, -0.4, 1.2, 0.0, -0.8, 0.3, 0.5, -1.1, 0.9, 0.2, -0.3, 0.7, -0.6, 0.4, 1.0, -0.2]
 
@@ -58,28 +60,6 @@ class Reconstructed(Decoded, ImageInputs):
 class Samples(Decoded):
     seed: int = Field(examples=[7])
     latents: list[list[float]] = Field(description="(n, d) draws from the prior.")
-
-
-class Problem(BaseModel):
-    detail: str = Field(examples=["'latents' items must have shape [16], got [3]"])
-
-
-class ModelInfo(BaseModel):
-    name: str
-    version: int
-    latent_size: int
-    image_shape: list[int]
-    device: str = Field(examples=["/CPU:0"])
-    signatures: dict[str, Any]
-    default_signature: str
-    training: dict[str, Any] | None
-    metrics: dict[str, Any] | None
-    calibration: dict[str, Any] | None = Field(None, description="NLL percentiles on the MNIST test set (schema 2), "
-                                                "and the likelihood-ratio background model when exported with one.")
-    versions: dict[str, Any] | None
-    git_commit: str | None
-    created_at: str | None
-    batching: dict[str, Any]
 
 
 MULTIPART_IMAGES = {
