@@ -1,4 +1,4 @@
-"""Abuse benchmark: `python -m service` in a subprocess, attacked three ways; prints JSON (and writes --out).
+"""Abuse benchmark: `python -m service` in a subprocess, attacked five ways; prints JSON (and writes --out).
 
 1. heavy uploads: for every accepted format (multipart) and for JSON arrays, six concurrent worst-case requests
    (each file at the pixel limit; a JPEG far over it, accepted through its draft decode; the JSON body at the size
@@ -7,8 +7,20 @@
    digits: its success rate and latency, and how soon the server closed the slow connections.
 3. overload: 256 concurrent clients against a small queue (VAE_QUEUE_MAX): only 200 and 503 + Retry-After, every
    request answered, RSS bounded.
+4. hostile decoding: for every class of tests/service/fixtures/hostile.py (progressive and multi-scan JPEGs that
+   declare huge frames or thousands of scans, TIFFs with a huge tile or strip or many pages, RLE BMPs, GIF, WebP and
+   APNG animations of many frames), 16 concurrent requests of such files: statuses, seconds, RSS growth, /readyz.
+5. fairness: 16 concurrent requests of 256 of the costliest files within every bound (hostile.WORST_ACCEPTED, with
+   normalize=false so no file is refused), while a 28x28 PNG is uploaded every 0.2 s: its worst wait (latency over
+   the idle median), /readyz's worst latency, RSS growth; then the 16 clients leave, and the CPU the service spends
+   in the next 2 s says whether their decoding stopped.
+
+RSS is the whole process tree's (the service and its decode workers), summed; growth is over the idle server after
+one upload (which starts the workers).
 
     python bench/abuse.py --out bench/results/abuse.json
+    python bench/abuse.py --only hostile,fairness          # the decoding sections alone (about 3 minutes)
+    python bench/abuse.py --only fairness --repo ../old    # the same against another checkout, for a before/after
 """
 
 import argparse
@@ -29,15 +41,53 @@ from PIL import Image
 from report import emit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from tests.service.fixtures import hostile  # noqa: E402
+
+SECTIONS = ("heavy", "slow", "overload", "hostile", "fairness")
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 MAX_BODY = 8 * 1024 * 1024
 
 
+def tree_pids(pid: int) -> list[int]:
+    """pid and its descendants (the decode workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    """Resident memory of the whole process tree, MB."""
+    total = 0
+    for member in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) used so far by the whole process tree."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for member in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def free_port() -> int:
@@ -46,10 +96,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict[str, str], repo: Path = REPO_ROOT) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"],
-                               cwd=REPO_ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
+                               cwd=repo, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -232,6 +282,107 @@ async def overload(url: str, pid: int, concurrency: int, duration_s: float) -> d
             "503_without_retry_after": missing_retry_after, "rss_before_mb": round(base),
             "rss_peak_mb": round(peak), "rss_after_mb": round(rss_mb(pid))}
 
+PROBE = hostile.png_small()
+
+
+async def poll_readyz(url: str, pid: int, stop: asyncio.Event, into: dict) -> None:
+    """/readyz every 50 ms until `stop`: its worst latency and the tree's peak RSS go into `into`."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as probe:
+        while not stop.is_set():
+            start = time.perf_counter()
+            status = (await probe.get("/readyz")).status_code
+            into["readyz_worst_s"] = max(into.get("readyz_worst_s", 0.0), time.perf_counter() - start)
+            into["readyz_not_200"] = into.get("readyz_not_200", 0) + (status != 200)
+            into["rss_peak_mb"] = max(into.get("rss_peak_mb", 0.0), rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+
+async def upload(client: httpx.AsyncClient, files: list, params: dict | None = None) -> int | str:
+    try:
+        return (await client.post("/v1/encode", files=files, params=params)).status_code
+    except httpx.HTTPError as err:
+        return type(err).__name__
+
+
+async def probe_latencies(url: str, idle: int = 30) -> list[float]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        latencies = []
+        for _ in range(idle):
+            start = time.perf_counter()
+            assert await upload(client, [("files", ("probe.png", PROBE, "image/png"))]) == 200
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+
+async def hostile_classes(url: str, pid: int, concurrency: int, per_request: int) -> dict:
+    """For each hostile class, `concurrency` concurrent requests of up to `per_request` such files."""
+    results = {}
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        for name, (make, refused) in hostile.CORPUS.items():
+            data = make()
+            count = max(1, min(per_request, (MAX_BODY - 4096) // (len(data) + 256)))
+            files = [("files", (f"{name}-{i}", data, "application/octet-stream")) for i in range(count)]
+            base, seen, stop = rss_mb(pid), {}, asyncio.Event()
+            poller = asyncio.create_task(poll_readyz(url, pid, stop, seen))
+            start = time.perf_counter()
+            statuses = await asyncio.gather(*(upload(client, files) for _ in range(concurrency)))
+            elapsed = time.perf_counter() - start
+            stop.set()
+            await poller
+            results[name] = {"file_bytes": len(data), "files_per_request": count, "expected": "4xx" if refused else
+                             "200 (or 4xx: no digit)", "statuses": dict(Counter(map(str, statuses))),
+                             "seconds": round(elapsed, 2), "rss_growth_mb": round(seen["rss_peak_mb"] - base),
+                             "readyz_worst_ms": round(seen["readyz_worst_s"] * 1000, 1)}
+    return results
+
+
+async def fairness(url: str, pid: int, concurrency: int, seconds: float) -> dict:
+    """The worst requests within every bound, and a small upload sent meanwhile (see the module docstring)."""
+    idle = sorted(await probe_latencies(url))
+    idle_median = idle[len(idle) // 2]
+    results = {"idle_28x28_upload_ms": {"p50": round(idle_median * 1000, 2),
+                                        "max": round(idle[-1] * 1000, 2), "uploads": len(idle)}}
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    for name, make in hostile.WORST_ACCEPTED.items():
+        data = make()
+        files = [("files", (f"{name}-{i}", data, "application/octet-stream")) for i in range(256)]
+        base, seen, stop = rss_mb(pid), {}, asyncio.Event()
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+            attackers = [asyncio.create_task(upload(client, files, {"normalize": "false", "invert": "false"}))
+                         for _ in range(concurrency)]
+            poller = asyncio.create_task(poll_readyz(url, pid, stop, seen))
+            latencies, statuses = [], Counter()
+            end = time.perf_counter() + seconds
+            async with httpx.AsyncClient(base_url=url, timeout=60) as prober:
+                await asyncio.sleep(1)  # the attack under way
+                while time.perf_counter() < end:
+                    start = time.perf_counter()
+                    statuses[str(await upload(prober, [("files", ("probe.png", PROBE, "image/png"))]))] += 1
+                    latencies.append(time.perf_counter() - start)
+                    await asyncio.sleep(0.2)
+            finished = sum(task.done() for task in attackers)
+            for task in attackers:  # the attackers' clients leave
+                task.cancel()
+            await asyncio.gather(*attackers, return_exceptions=True)
+        await asyncio.sleep(0.5)
+        cpu_before = cpu_s(pid)
+        await asyncio.sleep(2)
+        cpu_after_leave = cpu_s(pid) - cpu_before
+        stop.set()
+        await poller
+        results[name] = {
+            "attack": f"{concurrency} requests x 256 files of {len(data)} bytes, normalize=false&invert=false",
+            "attack_requests_finished_in_time": finished, "probe_uploads": len(latencies),
+            "probe_statuses": dict(statuses),
+            "small_upload_wait_worst_ms": round((max(latencies) - idle_median) * 1000, 1),
+            "small_upload_ms_each": [round(x * 1000) for x in latencies],
+            "small_upload_ms": {"p50": round(float(np.median(latencies)) * 1000, 1),
+                                "max": round(max(latencies) * 1000, 1)},
+            "readyz_worst_ms": round(seen["readyz_worst_s"] * 1000, 1), "readyz_not_200": seen["readyz_not_200"],
+            "rss_growth_mb": round(seen["rss_peak_mb"] - base),
+            "cpu_s_in_2s_after_clients_left": round(cpu_after_leave, 2)}
+    return results
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,23 +391,56 @@ def main() -> None:
     parser.add_argument("--slow-seconds", type=float, default=14, help="attack length (header timeout: 10 s)")
     parser.add_argument("--overload-seconds", type=float, default=8)
     parser.add_argument("--queue-max", type=int, default=16, help="VAE_QUEUE_MAX for the whole run")
+    parser.add_argument("--hostile-concurrency", type=int, default=16, help="concurrent requests per hostile class")
+    parser.add_argument("--hostile-files", type=int, default=64, help="most files per hostile request")
+    parser.add_argument("--fair-seconds", type=float, default=15, help="how long the small uploads are probed")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}")
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout whose service to run (before/after)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    process, url = start_server({"VAE_QUEUE_MAX": str(args.queue_max)})
+    only = set(args.only.split(","))
+    assert only <= set(SECTIONS), f"unknown sections {only - set(SECTIONS)}"
+    process, url = start_server({"VAE_QUEUE_MAX": str(args.queue_max)}, args.repo)
     try:
+        asyncio.run(probe_latencies(url, idle=3))  # the first upload starts the decode workers
         results = {"server": {"queue_max": args.queue_max, "defaults": "every other setting at its default",
-                              "rss_idle_mb": round(rss_mb(process.pid))}}
-        results["heavy_uploads"] = asyncio.run(heavy_uploads(url, process.pid, args.files_per_request))
-        uploads = results["heavy_uploads"].values()
-        results["heavy_uploads_summary"] = {"rss_growth_mb_max": max(r["rss_growth_mb"] for r in uploads),
-                                            "readyz_worst_ms": max(r["readyz_worst_ms"] for r in uploads)}
-        results["slow_clients"] = asyncio.run(slow_clients(url, args.slow_connections, args.slow_seconds))
-        results["overload"] = asyncio.run(overload(url, process.pid, 256, args.overload_seconds))
+                              "repo": str(args.repo), "rss_idle_mb": round(rss_mb(process.pid)),
+                              "processes": len(tree_pids(process.pid))}}
+        if "heavy" in only:
+            results["heavy_uploads"] = asyncio.run(heavy_uploads(url, process.pid, args.files_per_request))
+            uploads = results["heavy_uploads"].values()
+            results["heavy_uploads_summary"] = {"rss_growth_mb_max": max(r["rss_growth_mb"] for r in uploads),
+                                                "readyz_worst_ms": max(r["readyz_worst_ms"] for r in uploads)}
+        if "slow" in only:
+            results["slow_clients"] = asyncio.run(slow_clients(url, args.slow_connections, args.slow_seconds))
+        if "overload" in only:
+            results["overload"] = asyncio.run(overload(url, process.pid, 256, args.overload_seconds))
+        if "hostile" in only:
+            classes = asyncio.run(hostile_classes(url, process.pid, args.hostile_concurrency, args.hostile_files))
+            results["hostile_decoding"] = classes
+        if "fairness" in only:
+            results["fairness"] = asyncio.run(fairness(url, process.pid, args.hostile_concurrency, args.fair_seconds))
+        results["summary"] = summary(results)
         results["alive_after"] = httpx.get(f"{url}/readyz").status_code == 200
     finally:
         process.terminate()
         process.wait(30)
     emit(results, args.out)
+
+
+def summary(results: dict) -> dict:
+    """The targets' figures: worst RSS growth of the process tree, worst /readyz, worst small-upload wait."""
+    runs = [*results.get("heavy_uploads", {}).values(), *results.get("hostile_decoding", {}).values(),
+            *(run for key, run in results.get("fairness", {}).items() if key in hostile.WORST_ACCEPTED)]
+    out = {}
+    if runs:
+        out["rss_growth_mb_max"] = max(run["rss_growth_mb"] for run in runs)
+        out["readyz_worst_ms"] = max(run["readyz_worst_ms"] for run in runs)
+    if "fairness" in results:
+        fair = [run for key, run in results["fairness"].items() if key in hostile.WORST_ACCEPTED]
+        out["small_upload_wait_worst_ms"] = max(run["small_upload_wait_worst_ms"] for run in fair)
+        out["idle_28x28_upload_ms"] = results["fairness"]["idle_28x28_upload_ms"]
+    return out
 
 
 if __name__ == "__main__":

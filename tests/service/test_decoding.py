@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.api.v1.decode_pool import DecodePool, PoolConfig, _FairQueue
-from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray, jpeg_layout
+from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray, estimated_seconds, jpeg_layout
 from tests.service.fixtures import hostile
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
@@ -180,26 +180,49 @@ def test_free_worker_goes_to_the_request_that_used_least():
     assert heavy.done()
 
 
-def test_small_upload_overtakes_a_request_of_many_slow_files():
-    """One worker; a request of 12 RLE BMPs (Pillow decodes them in pure Python) is decoding; a 28x28 PNG sent then is
-    decoded after at most the file in progress, not after the other 11."""
+def overtakes(requests: list[list[tuple[str, bytes]]]) -> tuple[int, int]:
+    """One worker; `requests` are sent and all but the first wait for it; then a 28x28 PNG is sent. How many of the
+    requests had ended when the PNG was decoded, and how many there were."""
     pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=10, timeout_s=60))
-    slow = [(f"rle{i}.bmp", hostile.bmp_rle(1000, 1000)) for i in range(12)]
 
-    async def race() -> tuple[bool, int]:
-        big = asyncio.ensure_future(pool.decode(slow, LIMITS, False, False))  # as they are: no digit to find
-        while pool.busy() == 0:
+    async def race() -> int:
+        attack = [asyncio.ensure_future(pool.decode(files, LIMITS, False, False)) for files in requests]
+        while pool.busy() == 0 or pool.waiting() < len(requests) - 1:
             await asyncio.sleep(0.005)
         small = await pool.decode([("digit.png", hostile.png_small())], LIMITS, None, None)
-        big_done = big.done()
-        assert (await big)[0].shape == (12, 28, 28)
-        return big_done, small[0].shape[0]
+        assert small[0].shape == (1, 28, 28)
+        ended = sum(task.done() for task in attack)
+        for task in attack:
+            assert (await task)[0].shape[1:] == (28, 28)
+        return ended
 
     try:
-        big_done, small = asyncio.run(race())
+        return asyncio.run(race()), len(requests)
     finally:
         pool.close()
-    assert small == 1 and not big_done
+
+
+def test_small_upload_overtakes_a_request_of_many_slow_files():
+    """A request of 8 RLE BMPs (Pillow decodes them in pure Python) holds the one worker; a 28x28 PNG sent meanwhile
+    waits for the file in progress, not for the other 7."""
+    ended, _ = overtakes([[(f"rle{i}.bmp", hostile.bmp_rle(600, 600)) for i in range(8)]])
+    assert ended == 0
+
+
+def test_small_upload_overtakes_many_new_requests_of_slow_files():
+    """Six one-file requests of an RLE BMP arrive first (none has used the worker yet): the PNG's smaller estimate puts
+    it before the five waiting, behind the one running at most."""
+    ended, count = overtakes([[(f"rle{i}.bmp", hostile.bmp_rle(600, 600))] for i in range(6)])
+    assert ended <= 1 < count
+
+
+def test_estimates_order_files_by_declared_work():
+    small = estimated_seconds(hostile.png_small(), LIMITS)
+    assert small < 0.001 < estimated_seconds(hostile.bmp_rle(600, 600), LIMITS)
+    assert estimated_seconds(hostile.bmp_rle(), LIMITS) > estimated_seconds(hostile.bmp_rle(600, 600), LIMITS)
+    assert estimated_seconds(b"\x89PNG garbage", LIMITS) >= 0.4  # unreadable: the costliest guess
+    gif, webp, tiff = (hostile.gif_many_frames(4), hostile.webp_many_frames(4), hostile.tiff_tiled_ok())
+    assert max(estimated_seconds(data, LIMITS) for data in (gif, webp, tiff)) < 0.001
 
 
 def test_one_request_holds_at_most_one_worker(pool):

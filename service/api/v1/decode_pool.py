@@ -7,8 +7,11 @@
   wall-clock time, or whose request was cancelled (the client left), and starts another. These are the backstop for
   what service.api.v1.decoding's header checks do not foresee: any file that breaks one is a 4xx naming the bound.
 - Fairness: each file is one job; a request has at most one job in the workers at a time, and a free worker goes to
-  the waiting request that has used the least worker time so far (ties: the first to ask). A new request's first
-  file therefore waits for at most one running job to end, however many files other requests have queued.
+  the waiting request whose worker time so far plus its next file's estimated time is least (ties: the first to
+  ask). The estimate is read from the file's header without Pillow (decoding.estimated_seconds: the declared pixels,
+  the costliest guess for a header it cannot read quickly). A small upload therefore waits for at most one running
+  job per worker to end, however many files other requests have queued and however many such requests arrived just
+  before it: measured by bench/abuse.py's fairness section.
 - Messages are a 4-byte length, a JSON header and raw bytes (the file, or the (28, 28) float32 pixels): nothing the
   worker sends is unpickled by the service.
 
@@ -37,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.v1.decoding import DecodeLimits, ImageError
+from service.api.v1.decoding import DecodeLimits, ImageError, estimated_seconds
 
 _LENGTH = struct.Struct(">I")
 _REPO_ROOT = str(Path(__file__).resolve().parents[3])
@@ -122,13 +125,15 @@ class _Worker:
                 raise asyncio.CancelledError
             self._job, process = job, self._process
         try:
+            deadline = math.inf
             try:
                 _write_frame(process, job.header, job.data)
-                answer = _read_frame(process, time.monotonic() + self.config.timeout_s)
-            except (BrokenPipeError, ConnectionResetError, OSError):
+                deadline = time.monotonic() + self.config.timeout_s
+                answer = _read_frame(process, deadline)
+            except OSError:  # BrokenPipeError included: the worker ended
                 answer = None
             if answer is None:
-                return self._failed(process, job)
+                return self._failed(process, job, timed_out=time.monotonic() >= deadline)
             header, payload = answer
             if header.get("restart"):  # after a MemoryError a worker's state is not to be trusted
                 self.kill()
@@ -137,11 +142,14 @@ class _Worker:
             with self._lock:
                 self._job = None
 
-    def _failed(self, process: subprocess.Popen, job: _Job) -> tuple[dict[str, Any], bytes]:
-        timed_out = process.poll() is None
+    def _failed(self, process: subprocess.Popen, job: _Job, timed_out: bool) -> tuple[dict[str, Any], bytes]:
         if timed_out:
             process.kill()
-        code = process.wait()
+        try:
+            code = process.wait(_START_TIMEOUT_S)  # it closed its pipe: it is ending
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
         name = job.header["name"]
         if job.cancelled:
             raise asyncio.CancelledError
@@ -160,7 +168,8 @@ class _Worker:
 
 
 class _FairQueue:
-    """Hands free workers to waiting requests, least worker time used first (thread-safe)."""
+    """Hands free workers to waiting requests, smallest key first (worker time used plus the next file's estimate;
+    thread-safe)."""
 
     def __init__(self, workers: list[_Worker]):
         self._lock = threading.Lock()
@@ -168,14 +177,14 @@ class _FairQueue:
         self._waiting: list[tuple[float, int, concurrent.futures.Future]] = []
         self._order = itertools.count()
 
-    def acquire(self, used_s: float) -> concurrent.futures.Future:
+    def acquire(self, key: float) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._idle:
                 future.set_running_or_notify_cancel()
                 future.set_result(self._idle.pop())
             else:
-                heapq.heappush(self._waiting, (used_s, next(self._order), future))
+                heapq.heappush(self._waiting, (key, next(self._order), future))
         return future
 
     def release(self, worker: _Worker) -> None:
@@ -251,7 +260,8 @@ class DecodePool:
                    "memory_limit": f"the decode memory limit of {self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB)"}
         pixels, done = [], []
         for name, data in uploads:
-            header, payload = await self._run(account, _Job({**options, "name": name, "size": len(data)}, data))
+            job = _Job({**options, "name": name, "size": len(data)}, data)
+            header, payload = await self._run(account, job, estimated_seconds(data, limits))
             if not header.get("ok"):
                 if "status" in header:
                     raise ImageError(header["message"], header["status"])
@@ -260,8 +270,8 @@ class DecodePool:
             done.append(header["done"])
         return np.stack(pixels), done
 
-    async def _run(self, account: _Account, job: _Job) -> tuple[dict[str, Any], bytes]:
-        waiting = self._queue.acquire(account.used_s)
+    async def _run(self, account: _Account, job: _Job, estimate_s: float) -> tuple[dict[str, Any], bytes]:
+        waiting = self._queue.acquire(account.used_s + estimate_s)
         try:
             worker = await asyncio.wrap_future(waiting)
         except asyncio.CancelledError:
