@@ -77,6 +77,30 @@ class Settings(BaseSettings):
                                        "routes and /metrics need `Authorization: Bearer <key>`.")
     api_keys_file: Path | None = Field(None, description="File with one API key per line (# comments allowed).")
 
+    # gRPC front ends (service/api/grpc), in the same process and event loop as the HTTP server (shared batchers).
+    grpc: bool = Field(False, description="Serve the gRPC front ends on grpc_port and tfserving_grpc_port (the Docker "
+                       "image turns this on; off by default so test and benchmark processes claim no fixed ports).")
+    grpc_host: str | None = Field(None, description="Interface the gRPC servers bind to; default: host.")
+    grpc_port: int = Field(8081, ge=0, le=65535, description="KServe v2 / Open Inference Protocol gRPC port "
+                           "(GRPCInferenceService, KServe's convention); 0: off.")
+    tfserving_grpc_port: int = Field(8500, ge=0, le=65535, description="TF Serving gRPC port (PredictionService, "
+                                     "ModelService; TF Serving's convention); 0: off.")
+    grpc_max_message_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest gRPC message received or sent "
+                                        "(RESOURCE_EXHAUSTED above).")
+    grpc_max_concurrent_streams: int = Field(128, gt=0, description="Concurrent calls per gRPC connection.")
+    grpc_max_connections: int = Field(1000, gt=0, description="Open gRPC connections per port; more are refused.")
+    grpc_max_connection_age_s: float = Field(300, gt=0, description="A gRPC connection is closed (GOAWAY) after this, "
+                                             "so that clients reconnect and spread over the replicas of a Service.")
+    grpc_max_connection_age_grace_s: float = Field(30, ge=0, description="Calls in flight on a connection past its "
+                                                   "age get this long to finish.")
+    grpc_keepalive_min_interval_s: float = Field(10, gt=0, description="Clients pinging more often than this get "
+                                                 "strikes, then GOAWAY (keepalive enforcement).")
+    grpc_drain_s: float = Field(10, ge=0, description="At shutdown, calls in flight get this long to finish before "
+                                "the gRPC servers cancel them.")
+    grpc_tls_cert_file: Path | None = Field(None, description="PEM certificate chain: with grpc_tls_key_file, the "
+                                            "gRPC ports speak TLS (plaintext by default).")
+    grpc_tls_key_file: Path | None = Field(None, description="PEM private key of grpc_tls_cert_file.")
+
     @field_validator("image_formats", mode="before")
     @classmethod
     def _split_formats(cls, value: object) -> object:
@@ -89,6 +113,12 @@ class Settings(BaseSettings):
             if unknown or not value:
                 raise ValueError(f"unknown image formats {unknown}; Pillow reads {sorted(Image.OPEN)}")
         return value
+
+    @model_validator(mode="after")
+    def _grpc_tls_needs_both(self) -> "Settings":
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("gRPC TLS needs both grpc_tls_cert_file and grpc_tls_key_file")
+        return self
 
     @model_validator(mode="after")
     def _specific_needs_versions(self) -> "Settings":
