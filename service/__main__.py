@@ -99,7 +99,11 @@ def main() -> None:
         server.run(sockets=[sock])
     finally:  # uvicorn ends a failed start with sys.exit(3)
         if failures:
-            fail(load_error(settings.model_dir or settings.model_base_path, failures[0]), failures[0])
+            from service.api.grpc.server import GrpcStartError  # a gRPC server's fault names its port, file or package
+
+            fault = failures[0]
+            fail(str(fault) if isinstance(fault, GrpcStartError)
+                 else load_error(settings.model_dir or settings.model_base_path, fault), fault)
 
 
 def _startup_failures_to(failures: list[BaseException], app):
