@@ -2,6 +2,8 @@
 
     python bench/serve_bench.py --duration 5 --out bench/serve_results.json
     python bench/serve_bench.py --only protocols --duration 5 --rounds 5 --out bench/results/serve_bench_v2.json
+    python bench/serve_bench.py --only protocols --protocols json,v2_binary,grpc_v2 --duration 5 --rounds 5 \
+        --out bench/results/serve_bench_grpc.json
 
 Starts `python -m service` (uvicorn with uvloop + httptools) in a subprocess per configuration and drives it from
 this process, which never imports TensorFlow, with N concurrent keep-alive HTTP/1.1 connections over raw asyncio
@@ -9,9 +11,12 @@ streams (a lean client: it shares the cores with the server). Scenarios: single-
 `samples` PNG requests with a fresh seed each, at several concurrencies; a concurrency-256 overload run with a small
 VAE_QUEUE_MAX; and the ceiling: the SavedModel's encode signature called directly, in a subprocess, at the mean
 batch size the batcher reached. The `protocols` part compares single-image encode requests as our JSON (`/v1/encode`)
-and as KServe v2 binary tensors (`/v2/models/mnist_vae/infer`, as tritonclient sends them), in alternating runs on
-one server, at concurrency 64 and 1; each concurrency-64 run is followed at once by the ceiling at its own mean batch
-(a shared VM drifts within minutes).
+and as KServe v2 binary tensors (`/v2/models/mnist_vae/infer`, as tritonclient sends them), and, with `grpc_v2` in
+--protocols, as gRPC ModelInfer with raw_input_contents (tritonclient.grpc's request) on the same server's gRPC port,
+in alternating runs, at concurrency 64 and 1; each concurrency-64 run is followed at once by the ceiling at its own
+mean batch and at batch 64 (a shared VM drifts within minutes). The gRPC load generator is of the same kind as the
+HTTP one: pre-built request bytes in, response bytes out unparsed (grpc.aio with identity serializers, `concurrency`
+calls in flight over --grpc-channels connections); each run reports the client's own CPU seconds.
 """
 
 import argparse
@@ -145,6 +150,74 @@ def v2_encode_requests(model: str = "mnist_vae") -> list[bytes]:
     return requests
 
 
+def grpc_encode_requests(model: str = "mnist_vae") -> list[bytes]:
+    """One single-image ModelInferRequest per fixture digit, serialized, as tritonclient.grpc builds it (the tensor
+    in raw_input_contents)."""
+    from tritonclient.grpc import service_pb2
+
+    requests = []
+    for digit in fixture_digits():
+        request = service_pb2.ModelInferRequest(model_name=model)
+        request.inputs.add(name="images", datatype="FP32", shape=[1, 28, 28, 1])
+        request.raw_input_contents.append(digit.astype("<f4").tobytes())
+        requests.append(request.SerializeToString())
+    return requests
+
+
+async def drive_grpc(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float,
+                     channels: int = 1) -> dict:
+    """drive() for gRPC ModelInfer: `concurrency` callers, each one call at a time, over `channels` connections."""
+    import grpc
+
+    clock = time.perf_counter
+    start = clock() + warmup
+    stop = start + duration
+    latencies, statuses, failures = [], Counter(), Counter()
+    sent = answered = 0
+    # Each channel its own connection (grpc shares subchannels between channels with equal arguments otherwise).
+    opened = [grpc.aio.insecure_channel(f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1),
+                                                                  ("grpc.max_receive_message_length", -1)])
+              for _ in range(channels)]
+    calls = [channel.unary_unary("/inference.GRPCInferenceService/ModelInfer") for channel in opened]
+
+    async def client(index: int) -> None:
+        nonlocal sent, answered
+        call = calls[index % len(calls)]
+        count = 0
+        while clock() < stop:
+            request = make_request(index, count)
+            count += 1
+            t0 = clock()
+            sent += 1
+            try:
+                await call(request, timeout=30)
+                status = "OK"
+            except grpc.aio.AioRpcError as err:
+                status = err.code().name
+            answered += 1
+            t1 = clock()
+            if start <= t1 <= stop:
+                statuses[status] += 1
+                if status == "OK":
+                    latencies.append(t1 - t0)
+
+    try:
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
+    finally:
+        for channel in opened:
+            await channel.close()
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    ok = statuses.get("OK", 0)
+    return {
+        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": sum(n for s, n in statuses.items() if s != "OK") + sum(failures.values()),
+        "statuses": dict(sorted(statuses.items())), "connection_failures": dict(failures), "channels": channels,
+        "sent": sent, "answered": answered, "lost": sent - answered,
+    }
+
+
 # --- the server ---------------------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -175,6 +248,7 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
 class Server:
     port: int
     pid: int
+    grpc_port: int | None = None  # KServe v2 gRPC, when started with grpc=true
 
 
 @contextmanager
@@ -182,6 +256,7 @@ def serving(model_dir: str, repo: Path = REPO, extra_env: dict[str, str] | None 
     """`python -m service` of the checkout `repo` in a subprocess with VAE_* overrides (and any extra_env); yields it
     once /readyz answers 200."""
     port = free_port()
+    grpc_port = int(env["grpc_port"]) if str(env.get("grpc", "")).lower() == "true" and "grpc_port" in env else None
     environ = {**os.environ, **(extra_env or {}), "VAE_MODEL_DIR": model_dir, "VAE_PORT": str(port),
                "VAE_LOG_LEVEL": "warning",
                **{f"VAE_{k.upper()}": str(v) for k, v in env.items()}}
@@ -201,7 +276,7 @@ def serving(model_dir: str, repo: Path = REPO, extra_env: dict[str, str] | None 
                 raise RuntimeError("service not ready after 120 s")
             time.sleep(0.2)
         wait_until_idle(process.pid)
-        yield Server(port, process.pid)
+        yield Server(port, process.pid, grpc_port)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -228,9 +303,15 @@ def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float
                  for kind in ("sum", "count"))
 
 
-def run_scenario(server: Server, make_request, concurrency: int, args, signature: str) -> dict:
+def run_scenario(server: Server, make_request, concurrency: int, args, signature: str, grpc: bool = False) -> dict:
     before, cpu_before = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
-    result = run_async(drive("127.0.0.1", server.port, make_request, concurrency, args.warmup, args.duration))
+    client_before = time.process_time()  # this process is the load generator alone
+    if grpc:
+        result = run_async(drive_grpc("127.0.0.1", server.grpc_port, make_request, concurrency, args.warmup,
+                                      args.duration, args.grpc_channels))
+    else:
+        result = run_async(drive("127.0.0.1", server.port, make_request, concurrency, args.warmup, args.duration))
+    result["client_cpu_s"] = round(time.process_time() - client_before, 2)  # over the warm-up too
     after, cpu_after = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
     calls = after[1] - before[1]
     result["mean_batch_images"] = round((after[0] - before[0]) / calls, 1) if calls else None
@@ -322,7 +403,14 @@ def protocols_report(args) -> dict:
     concurrency 64 then 1. Each concurrency-64 run is followed at once by the ceiling at the mean batch that run
     reached, and its fraction of the ceiling is its throughput over that; the summary holds the medians."""
     extra = dict(item.split("=", 1) for item in args.set)
-    paths = {"json": encode_requests(), "v2_binary": v2_encode_requests()}
+    builders = {"json": encode_requests, "v2_binary": v2_encode_requests, "grpc_v2": grpc_encode_requests}
+    names = [name for name in args.protocols.split(",") if name]
+    unknown = [name for name in names if name not in builders]
+    if unknown:
+        raise SystemExit(f"unknown --protocols {unknown}; choose from {sorted(builders)}")
+    paths = {name: builders[name]() for name in names}
+    if "grpc_v2" in paths:  # the gRPC front end on the same server (KServe v2 only; TF Serving's port off)
+        extra = {**extra, "grpc": "true", "grpc_port": str(free_port()), "tfserving_grpc_port": "0"}
     report = {"model_dir": args.model_dir, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
               "duration_s": args.duration, "warmup_s": args.warmup, "settings": extra, "rounds": []}
     with serving(args.model_dir, **extra) as server, Ceiling(args.model_dir) as ceiling:
@@ -332,12 +420,16 @@ def protocols_report(args) -> dict:
                 for name, requests in paths.items():
                     def make(client: int, count: int, requests=requests) -> bytes:
                         return requests[(client + count) % len(requests)]
-                    run = round_[f"{name}_c{concurrency}"] = run_scenario(server, make, concurrency, args, "encode")
+                    run = round_[f"{name}_c{concurrency}"] = run_scenario(server, make, concurrency, args, "encode",
+                                                                          grpc=name.startswith("grpc"))
                     if concurrency == 64:  # the service idles meanwhile
                         size = max(1, round(run["mean_batch_images"] or 1))
-                        run["ceiling"] = {"batch": size, "images_per_s": ceiling.images_per_s(
-                            [size], max(1.0, args.duration / 2))[str(size)]}
+                        sizes = sorted({size, 64})
+                        measured = ceiling.images_per_s(sizes, max(1.0, args.duration / 2))
+                        run["ceiling"] = {"batch": size, "images_per_s": measured[str(size)],
+                                          "batch_64_images_per_s": measured["64"]}
                         run["fraction_of_ceiling"] = round(run["throughput_rps"] / run["ceiling"]["images_per_s"], 3)
+                        run["fraction_of_ceiling_64"] = round(run["throughput_rps"] / measured["64"], 3)
                         print(json.dumps({name: run["ceiling"]}), file=sys.stderr)
             report["rounds"].append(round_)
 
@@ -347,6 +439,9 @@ def protocols_report(args) -> dict:
     report["summary"] = {
         name: {"c64_throughput_rps": median(f"{name}_c64", "throughput_rps"),
                "c64_fraction_of_ceiling": median(f"{name}_c64", "fraction_of_ceiling"),
+               "c64_fraction_of_ceiling_64": median(f"{name}_c64", "fraction_of_ceiling_64"),
+               "c64_p50_ms": median(f"{name}_c64", "p50_ms"), "c64_p99_ms": median(f"{name}_c64", "p99_ms"),
+               "c64_client_cpu_s": median(f"{name}_c64", "client_cpu_s"),
                "c64_mean_batch_images": median(f"{name}_c64", "mean_batch_images"),
                "c64_ceiling_images_per_s": round(statistics.median(r[f"{name}_c64"]["ceiling"]["images_per_s"]
                                                                    for r in report["rounds"]), 1),
@@ -354,8 +449,12 @@ def protocols_report(args) -> dict:
                "c1_p50_ms": median(f"{name}_c1", "p50_ms"),
                "errors": sum(r[f"{name}_c{c}"]["errors"] for r in report["rounds"] for c in (64, 1))}
         for name in paths}
-    report["summary"]["c1_p50_binary_minus_json_ms"] = round(
-        report["summary"]["v2_binary"]["c1_p50_ms"] - report["summary"]["json"]["c1_p50_ms"], 2)
+    if {"json", "v2_binary"} <= set(paths):
+        report["summary"]["c1_p50_binary_minus_json_ms"] = round(
+            report["summary"]["v2_binary"]["c1_p50_ms"] - report["summary"]["json"]["c1_p50_ms"], 2)
+    if {"grpc_v2", "v2_binary"} <= set(paths):  # per round, so that both see the same drift
+        report["summary"]["c64_grpc_over_v2_binary"] = round(statistics.median(
+            r["grpc_v2_c64"]["throughput_rps"] / r["v2_binary_c64"]["throughput_rps"] for r in report["rounds"]), 3)
     return report
 
 
@@ -375,6 +474,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["all", "protocols"], default="all",
                         help="'protocols': only the JSON vs KServe v2 binary comparison")
     parser.add_argument("--rounds", type=int, default=3, help="alternating JSON/v2 rounds of the protocols part")
+    parser.add_argument("--protocols", default="json,v2_binary",
+                        help="the protocols part's request kinds, alternated: json, v2_binary, grpc_v2")
+    parser.add_argument("--grpc-channels", type=int, default=1,
+                        help="gRPC connections the grpc_v2 load generator spreads its calls over")
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
     args = parser.parse_args()
     if args.only == "protocols":

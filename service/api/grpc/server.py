@@ -9,6 +9,7 @@ import logging
 import random
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,16 @@ READY_POLL_S = 0.25  # how often the health service's Watch streams see readines
 class GrpcMetrics:
     """vae_grpc_requests_total / vae_grpc_request_duration_seconds, in the app's registry beside (and in the style of)
     vae_http_requests_total / vae_http_request_duration_seconds: protocol, method (the RPC's name) and the status
-    code's name. Children are kept, as MetricsMiddleware keeps its own (labels() costs microseconds)."""
+    code's name. Children are kept, as MetricsMiddleware keeps its own (labels() costs microseconds). One per app's
+    Metrics (of_app), so a second start of the same app reuses them."""
+
+    _of_app: "weakref.WeakKeyDictionary[Metrics, GrpcMetrics]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of_app(cls, metrics: Metrics) -> "GrpcMetrics":
+        if (found := cls._of_app.get(metrics)) is None:
+            found = cls._of_app[metrics] = cls(metrics)
+        return found
 
     def __init__(self, metrics: Metrics):
         labels = {"registry": metrics.registry}
@@ -298,7 +308,7 @@ class GrpcServers:
     async def start(cls, settings: Settings, dataplane: DataPlane, metrics: Metrics,
                     protocols: list[Protocol]) -> "GrpcServers":
         keys = load_api_keys(settings)
-        grpc_metrics = GrpcMetrics(metrics)
+        grpc_metrics = GrpcMetrics.of_app(metrics)
         credentials = _credentials(settings)
         host = settings.grpc_host or settings.host
         started, healths = [], []

@@ -131,7 +131,9 @@ def tensor_array(proto: tensor_pb2.TensorProto, spec: TensorSpec) -> np.ndarray:
             raise InvalidInput(f"input '{spec.name}' has {len(proto.tensor_content)} bytes of tensor_content, its "
                                f"shape {shape} of {dt_name(expected)} needs {needed}")
         return np.frombuffer(proto.tensor_content, spec.dtype.newbyteorder("<")).reshape(shape)
-    field = _VALUES[expected]
+    field = _VALUES.get(expected)
+    if field is None:
+        raise InvalidInput(f"input '{spec.name}' is {dt_name(expected)}: send its values as tensor_content")
     if any(name != field for name in typed):
         raise InvalidInput(f"input '{spec.name}' is {dt_name(expected)}: its values belong in {field} or "
                            f"tensor_content, got {', '.join(typed)}")
