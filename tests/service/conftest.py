@@ -1,6 +1,7 @@
-"""Shared fixtures for the service tests: the real model (bundled by default), MNIST digit fixtures, app clients.
+"""Shared fixtures for the service tests: the model (a fake of the bundled version 1 by default: tests/service/
+fake_model.py; `real_model_dir` for tests about what the model answers), MNIST digit fixtures, app clients.
 
-VAE_TEST_MODEL_DIR points the tests at another exported model during development."""
+VAE_TEST_MODEL_DIR points the default at a real exported model instead (the bundled version 1: BUNDLED_MODEL_DIR)."""
 
 import io
 import os
@@ -15,17 +16,37 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.settings import BUNDLED_MODEL_DIR, Settings
+from service.settings import BUNDLED_MODEL_BASE_PATH, BUNDLED_MODEL_DIR, Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MNIST_TEST_300 = Path(__file__).parents[1] / "data" / "mnist_test_300.npz"  # the first 300 MNIST test digits
-MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", BUNDLED_MODEL_DIR))
+TEST_MODEL_DIR = os.environ.get("VAE_TEST_MODEL_DIR")
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
-    assert (MODEL_DIR / "saved_model.pb").is_file(), f"no SavedModel at {MODEL_DIR}; set VAE_TEST_MODEL_DIR"
-    return MODEL_DIR
+def fake_base_path(tmp_path_factory) -> Path:
+    """Fakes of the bundled versions 1 (schema 1) and 2 (schema 2: score, calibration), as a model base path."""
+    from tests.service.fake_model import export_fake
+
+    base = tmp_path_factory.mktemp("fake") / "mnist_vae"
+    for version in (1, 2):
+        export_fake(BUNDLED_MODEL_BASE_PATH / str(version), base / str(version))
+    return base
+
+
+@pytest.fixture(scope="session")
+def model_dir(fake_base_path: Path) -> Path:
+    """The model the service tests run against: the fake of version 1, or VAE_TEST_MODEL_DIR."""
+    if TEST_MODEL_DIR:
+        assert (Path(TEST_MODEL_DIR) / "saved_model.pb").is_file(), f"no SavedModel at {TEST_MODEL_DIR}"
+        return Path(TEST_MODEL_DIR)
+    return fake_base_path / "1"
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The bundled version 1 itself, for tests about what the model answers."""
+    return BUNDLED_MODEL_DIR
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ import contract
 from service.api.ops import schemas
 from service.http.errors import Problem
 from service.http.responses import json_response
-from service.http.routing import LeanRoute
+from service.http.routing import DirectRoute
 from service.http.versions import ready_serving
 from service.serving.errors import NotReady
 from service.serving.registry import UnknownModelError, status_document
 
-router = APIRouter(route_class=LeanRoute)
+router = APIRouter(route_class=DirectRoute)
 METADATA_KEYS = ("signatures", "default_signature", "metrics", "calibration", "versions", "git_commit", "created_at")
 # Training settings that are paths on the machine that trained the model: no use to a client, and not to publish.
 LOCAL_PATH_KEYS = ("data_dir", "checkpoint", "run_dir", "checkpoint_dir", "log_dir", "output_dir")

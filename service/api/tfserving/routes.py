@@ -9,7 +9,7 @@ from service.api.tfserving import codec as tfserving
 from service.http.bodies import off_loop_if_large, read_body
 from service.http.errors import ProtocolError
 from service.http.responses import json_response
-from service.http.routing import LeanRoute
+from service.http.routing import DirectRoute
 from service.http.versions import ready_serving
 from service.serving import dataplane
 from service.serving.errors import (
@@ -23,7 +23,7 @@ from service.serving.errors import (
 )
 from service.serving.registry import Serving
 
-router = APIRouter(prefix="/v1/models", tags=["TF Serving REST"], route_class=LeanRoute)
+router = APIRouter(prefix="/v1/models", tags=["TF Serving REST"], route_class=DirectRoute)
 # The serving layer's errors as this protocol answers them ({"error": message}).
 STATUS = {InvalidInput: 400, NotFound: 404, Unsupported: 400, NotReady: 503, Overloaded: 503,
           DeadlineExceededError: 504, ServingError: 500}

@@ -19,11 +19,11 @@ from service.api.v1.responses import (
     json_response,
     wants_png,
 )
-from service.http.routing import LeanRoute
+from service.http.routing import DirectRoute
 from service.http.versions import cache_control, ready_serving
 from service.serving import dataplane
 
-router = APIRouter(prefix="/v1", tags=["model"], route_class=LeanRoute)
+router = APIRouter(prefix="/v1", tags=["model"], route_class=DirectRoute)
 
 OutputQuery = Annotated[Output, Query(description="'mode' (0/1 pixels) or 'probs' (pixel probabilities).")]
 FormatQuery = Annotated[Format | None, Query(description="'png' or 'json'; absent: PNG if Accept names image/png.")]

@@ -2,7 +2,6 @@
 
 Big arrays are parsed with orjson and checked with numpy, not pydantic, to keep the request path lean."""
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,12 +10,12 @@ import orjson
 from fastapi import HTTPException, Request
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.v1.decode_pool import pool_for
 from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray
 from service.api.v1.preprocess import SIDE, preprocess
 from service.http.bodies import off_loop_if_large, parse_json, read_body
+from service.serving.errors import LimitExceeded
 from service.settings import Settings
 
 _FLAG = TypeAdapter(bool)
@@ -99,6 +98,9 @@ def query_flag(request: Request, name: str, *, auto: bool = False) -> bool | Non
         raise HTTPException(422, detail) from None
 
 
+MAX_FIELD_BYTES = 64 * 1024  # a form field that is not a file (uploads are bounded by the body's size only)
+
+
 @dataclass(frozen=True)
 class ImageBatch:
     """The images a route feeds the model, (N, 28, 28, 1) float32 in [0, 1], and per image what preprocessing did
@@ -137,12 +139,12 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
         declared = request.headers.get("content-type")
         raise HTTPException(415, f"send images as multipart/form-data uploads or application/json arrays "
                                  f"(Content-Type was {declared!r})")
-    body = await read_body(request, settings.max_body_bytes)
     if kind == "multipart/form-data":
-        uploads = await _uploads(request, body, settings.max_images)
+        uploads = await _uploads(request, settings.max_images)
         limits = DecodeLimits(settings.image_formats, settings.max_image_pixels, settings.max_image_aspect)
         images, preprocessing = await _decode_uploads(request, uploads, limits, invert, normalize)
     else:
+        body = await read_body(request, settings.max_body_bytes)
         images = await off_loop_if_large(len(body), _json_images, body, settings.max_images)
         preprocessing = [{"inverted": False, "normalized": False} for _ in range(len(images))]
     return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input)
@@ -159,19 +161,16 @@ def _json_images(body: bytes, max_images: int) -> np.ndarray:
     return json_array(parse_object(body), "images", (SIDE, SIDE), max_images, text=body)
 
 
-async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple[str, bytes]]:
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-
-    try:
-        parser = MultiPartParser(request.headers, stream(), max_files=max_images, max_part_size=len(body) + 1)
-        form = await parser.parse()
-    except MultiPartException as err:
-        status = 422 if "Too many files" in err.message else 400
-        raise HTTPException(status, f"bad multipart body: {err.message}") from None
+async def _uploads(request: Request, max_images: int) -> list[tuple[str, bytes]]:
+    """The uploaded files, through Starlette's form parser (the body's size is bounded by RequestGuard). More files
+    than VAE_MAX_IMAGES is the data plane's 422; the parser's own bound, four times that, only stops a body of
+    thousands of tiny parts early (400)."""
+    form = await request.form(max_files=4 * max_images, max_part_size=MAX_FIELD_BYTES)
     files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
     if not files:
         raise HTTPException(400, "the multipart body has no files; send images as file fields (-F files=@digit.png)")
+    if len(files) > max_images:
+        raise LimitExceeded(f"the multipart body has {len(files)} files, the limit is {max_images} (VAE_MAX_IMAGES)")
     return [(upload.filename or f"#{i}", await upload.read()) for i, upload in enumerate(files)]
 
 

@@ -12,14 +12,14 @@ from service.api.v1.payloads import json_array, read_images, read_json
 from service.api.v1.png import rows_png
 from service.api.v1.preprocess import SIDE
 from service.api.v1.responses import Format, Output, json_response, wants_png
-from service.http.routing import LeanRoute
+from service.http.routing import DirectRoute
 from service.http.versions import ready_serving
 from service.serving import dataplane
 from service.serving.dataplane import MAX_SEED
 from service.serving.likelihood_ratio import log_ratio, ratio_outlier, ratio_percentiles
 from service.serving.registry import Serving
 
-router = APIRouter(prefix="/v1", tags=["density"], route_class=LeanRoute)
+router = APIRouter(prefix="/v1", tags=["density"], route_class=DirectRoute)
 
 DEFAULT_K = 32  # when the model's metadata has no calibration
 DEFAULT_THRESHOLD = 99.0

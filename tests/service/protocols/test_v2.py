@@ -237,11 +237,11 @@ def test_v2_and_v1_requests_share_a_model_call(server, digits):
     assert deltas[-1] == (8, 1), f"never merged into one 8-image call: {deltas}"
 
 
-def test_score_over_v2(digits):
+def test_score_over_v2(digits, fake_base_path):
     """mnist_vae-score (version 2): three inputs dispatched to the score batcher, equal to the SavedModel."""
     import tensorflow as tf
 
-    version_2 = REPO_ROOT / "models" / MODEL / "2"
+    version_2 = fake_base_path / "2"
     for url in serve("--model-dir", str(version_2)):
         client = triton.InferenceServerClient(url.removeprefix("http://"))
         tensors = [images_input(digits[:3]), triton.InferInput("k", [1], "INT32"),

@@ -162,7 +162,7 @@ def test_encode_malformed_multipart_rejected(client):
     response = client.post("/v1/encode", content=b"not multipart at all",
                            headers={"content-type": "multipart/form-data; boundary=abc"})
     assert response.status_code == 400, response.text
-    assert response.json()["detail"].startswith("bad multipart body")
+    assert response.json()["detail"] == "Invalid multipart data."  # Starlette's form parser says so
 
 
 @pytest.mark.parametrize("body,status,detail", [
@@ -191,7 +191,7 @@ def test_encode_too_many_images_rejected(make_client, digits, digit_pngs, as_fil
     assert "has 5 items, the limit is 4" in response.json()["detail"]
     response = client.post("/v1/encode", files=as_files(*digit_pngs[:5]))
     assert response.status_code == 422, response.text
-    assert "Too many files" in response.json()["detail"]
+    assert response.json()["detail"] == "the multipart body has 5 files, the limit is 4 (VAE_MAX_IMAGES)"
 
 
 def test_encode_body_over_limit_rejected(make_client, digit_pngs, as_files):

@@ -7,8 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.settings import BUNDLED_MODEL_BASE_PATH
-
 MODEL = "mnist_vae"
 CAP = 64  # VAE_MAX_POSTERIOR_SAMPLES in these tests
 
@@ -47,10 +45,10 @@ def nll_of(protocol: str, answer: dict) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def capped(make_client):
+def capped(make_client, fake_base_path):
     """A client whose score calls are counted: the decodes (k x rows) each score signature call receives."""
     # schema 2 has score; a long queue deadline: every request waits its turn instead of being refused
-    client = make_client(model_dir=BUNDLED_MODEL_BASE_PATH / "2", max_posterior_samples=CAP, queue_deadline_ms=600_000)
+    client = make_client(model_dir=fake_base_path / "2", max_posterior_samples=CAP, queue_deadline_ms=600_000)
     model = client.app.state.dataplane.registry.routing.default.serving.model
     calls, lock = [], threading.Lock()
     score = model.score
@@ -126,10 +124,11 @@ def test_sample_count_limit_is_the_same_on_every_protocol(client):
     assert (tfs.status_code, tfs.json()["error"]) == (400, expected)
 
 
-def test_score_work_that_cannot_finish_within_the_deadline_is_refused_at_once(make_client, digits):
+def test_score_work_that_cannot_finish_within_the_deadline_is_refused_at_once(make_client, real_model_dir, digits):
     """Admission by work: behind a backlog longer than the deadline, a small score request gets 503 and Retry-After
     at once instead of a 504 after waiting (the batcher knows the model time per decode from the calls it made)."""
-    client = make_client(model_dir=BUNDLED_MODEL_BASE_PATH / "2", max_posterior_samples=CAP, queue_deadline_ms=200)
+    # the real model: its score calls take long enough to build a backlog
+    client = make_client(model_dir=real_model_dir.parent / "2", max_posterior_samples=CAP, queue_deadline_ms=200)
     assert v1_score(client, digits[:1], 1, 0)[0] == 200  # one call: the time per decode is known from now on
     images = np.repeat(digits, 2, axis=0)[:8]
     with ThreadPoolExecutor(8) as pool:
