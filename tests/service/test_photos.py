@@ -193,19 +193,17 @@ def test_verdict_places_estimate_among_calibration():
 
 
 @pytest.fixture(scope="module")
-def v_model(model_dir):
-    """The test model if it has a calibration, else the highest version beside it that has one (the bundled
-    version 1 predates calibrations)."""
+def v_model(real_model_dir):
+    """The real model: the highest bundled version with a calibration (version 1 predates calibrations)."""
     import tensorflow as tf
 
-    candidates = [model_dir] + sorted((p for p in model_dir.parent.iterdir() if p.name.isdigit()),
-                                      key=lambda p: -int(p.name))
+    candidates = sorted((p for p in real_model_dir.parent.iterdir() if p.name.isdigit()), key=lambda p: -int(p.name))
     for directory in candidates:
         metadata = directory / "metadata.json"
         calibration = metadata.is_file() and json.loads(metadata.read_text()).get("calibration")
         if calibration:
             return tf.saved_model.load(str(directory)).signatures, calibration
-    pytest.skip(f"no model version with a calibration in {model_dir.parent}")
+    pytest.skip(f"no model version with a calibration in {real_model_dir.parent}")
 
 
 def _verdicts(signatures, calibration, images: np.ndarray) -> list[dict]:

@@ -26,13 +26,16 @@ from PIL import Image
 from service.api.v1.decoding import ImageError
 
 BACKGROUND_SIDE = 96  # the illumination is estimated on the image shrunk to this longest side
-OPENING = 0.16  # the opening's width, as a share of BACKGROUND_SIDE: wider than a bold stroke of a digit filling it
+OPENING = 0.25  # the opening's width, as a share of BACKGROUND_SIDE: wider than a bold stroke of a digit filling it
 MIN_SIDE = 48  # smaller images (a 28x28 digit not placed like MNIST's) keep MNIST's levels: too small to hold shading
 NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the paper
 MIN_CONTRAST = 0.1  # ... and this much above it in absolute terms (of the full 0..1 range)
 MIN_INK_PIXELS = 4  # fewer ink pixels than this in the decoded image, or than MIN_INK_SHARE of it: nothing left
 MIN_INK_SHARE = 1e-4
 LOW = 0.5  # levels: the paper's level plus this share of the threshold's height above it becomes 0
+STRONG = 95  # levels: this percentile of the ink's residual becomes 1 (the strongest ink, unmoved by a few hot pixels)
+BOX_INK = 0.2  # on clean paper, the crop holds the pixels above this share of the strong ink's height over the paper
+CLEAN_NOISE = 0.005  # paper is clean (a drawing, a scan, a rendered font) when its noise is under this
 INK = 0.2  # small images: a pixel above this share of the contrast is ink (as preprocess.INK)
 SPECK = 0.005  # the crop holds the rows (columns) between these quantiles of the ink, and the ink touching them
 
@@ -159,9 +162,12 @@ def clean(pixels: np.ndarray) -> Cleaned:
         raise ImageError(_nothing_left(peak - centre, noise), 422)
     top, bottom = _extent(ink.sum(axis=1))
     left, right = _extent(ink.sum(axis=0))
-    box_ink = ink[top:bottom, left:right]
+    strong = float(np.percentile(residual[top:bottom, left:right][ink[top:bottom, left:right]], STRONG))
+    if noise <= CLEAN_NOISE:  # clean paper: the box holds the strokes' soft edges too, as MNIST's crop
+        edges = smooth > max(floor, centre + BOX_INK * (strong - centre))
+        top, bottom = _extent(edges.sum(axis=1))
+        left, right = _extent(edges.sum(axis=0))
     crop = residual[top:bottom, left:right]
-    strong = float(np.percentile(crop[box_ink], 95))
     low = centre + (threshold - centre) * LOW
     digit = np.clip((crop - low) / max(strong - low, 1e-6), 0.0, 1.0)
     return Cleaned(digit.astype(np.float32), (top, left, bottom, right), True, method, round(threshold, 4))

@@ -284,13 +284,48 @@ function imageForm(input) {
   return form;
 }
 
+function describeValue(key, value) {
+  if (value === true) return "yes";
+  if (value === false) return "no";
+  if (value === null || value === undefined) return "none";
+  if (key === "crop_box" && Array.isArray(value)) {
+    const [top, left, bottom, right] = value;
+    return `rows ${top}-${bottom}, columns ${left}-${right}`;
+  }
+  if (typeof value === "object" && "method" in value) {
+    return typeof value.value === "number" ? `${value.method} ${value.value.toFixed(3)}` : value.method;
+  }
+  return typeof value === "object" ? JSON.stringify(value) : value;
+}
+
 function describePreprocessing(preprocessing) {
   const step = Array.isArray(preprocessing) ? preprocessing[0] : preprocessing;
   if (step === undefined || step === null) return "";
   if (typeof step !== "object") return `Preprocessing: ${step}`;
-  const words = Object.entries(step).map(([key, value]) =>
-    `${key.replaceAll("_", " ")}: ${value === true ? "yes" : value === false ? "no" : value}`);
+  const words = Object.entries(step).map(([key, value]) => `${key.replaceAll("_", " ")}: ${describeValue(key, value)}`);
   return `Preprocessing: ${words.join(", ")}`;
+}
+
+// The answer's per-image verdict ({"understood", "percentile", "nll_estimate", "threshold"}), if the service sends
+// one: whether the model understood the picture as a digit.
+function showVerdict(verdict) {
+  const one = Array.isArray(verdict) ? verdict[0] : verdict;
+  const shown = one !== undefined && one !== null && typeof one === "object";
+  $("verdict").hidden = !shown;
+  if (!shown) return;
+  const percentile = typeof one.percentile === "number" ? ` (less likely than ${one.percentile.toFixed(1)}% of ` +
+    `MNIST test digits${typeof one.threshold === "number" ? `; the limit is ${one.threshold}%` : ""})` : "";
+  if (one.understood === true) {
+    $("verdict").textContent = `Understood: the model reads this as a digit${percentile}.`;
+    $("verdict").className = "inlier";
+  } else if (one.understood === false) {
+    $("verdict").textContent = `Not understood: the model finds this unlike the digits it knows${percentile}. ` +
+      "Try a darker pen, more light, or a tighter photo.";
+    $("verdict").className = "outlier";
+  } else {
+    $("verdict").textContent = "The model cannot tell whether it understood this (no calibration).";
+    $("verdict").className = "hint";
+  }
 }
 
 // The value of `key` for image `i`: the route answers per-image lists, or a list of per-image objects.
@@ -361,6 +396,7 @@ function showAnalysis(reconstruction, encoding, scored) {
   // The decoder is a Bernoulli per pixel: its mode is 1 where the probability is above one half.
   paintDigit($("recon-mode"), probs.map((row) => row.map((p) => (p > 0.5 ? 1 : 0))));
   $("preprocessing").textContent = describePreprocessing(encoding.preprocessing ?? reconstruction.preprocessing);
+  showVerdict(reconstruction.verdict ?? encoding.verdict);
   const mean = encoding.mean[0];
   const covariance = encoding.covariance[0];
   const std = covariance.map((row, i) => Math.sqrt(Math.max(0, row[i])));
