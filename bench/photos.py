@@ -4,6 +4,7 @@ model understood from one it did not.
 
     python bench/photos.py --data-dir ../shared/data/mnist --out bench/results/photos.json
     python bench/photos.py --write-test-set tests/data/photos      # the small set the tests read
+    python bench/photos.py --costs-only --out bench/results/photos_cost.json
 
 Prints JSON. Every picture is generated here (nothing is read but MNIST and the fonts on the machine), encoded as an
 upload (JPEG for photos, PNG otherwise) and sent through the service's own upload path (decode_gray, then the
@@ -160,7 +161,7 @@ def rotated(ink: np.ndarray, degrees: float) -> np.ndarray:
     return pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
-def place(ink: np.ndarray, height: int, width: int, rng, centred: bool = False) -> np.ndarray:
+def place(ink: np.ndarray, height: int, width: int, rng) -> np.ndarray:
     """`ink` pasted into a (height, width) coverage map, at random (anywhere it fits; shrunk to fit first)."""
     fit = min(0.95 * height / ink.shape[0], 0.95 * width / ink.shape[1])
     if fit < 1:
@@ -168,8 +169,7 @@ def place(ink: np.ndarray, height: int, width: int, rng, centred: bool = False) 
         ink = np.asarray(Image.fromarray(ink, "F").resize(size, Image.Resampling.BOX))
     out = np.zeros((height, width), np.float32)
     spare_y, spare_x = height - ink.shape[0], width - ink.shape[1]
-    top = spare_y // 2 + int(rng.integers(-spare_y // 4, spare_y // 4 + 1)) if centred else int(rng.integers(spare_y + 1))
-    left = spare_x // 2 + int(rng.integers(-spare_x // 4, spare_x // 4 + 1)) if centred else int(rng.integers(spare_x + 1))
+    top, left = int(rng.integers(spare_y + 1)), int(rng.integers(spare_x + 1))
     out[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
     return out
 
@@ -384,9 +384,12 @@ def preprocess_cost(mnist_x: np.ndarray, repeats: int) -> dict:
     ink = hand_ink(mnist_x[0], 1000, rng)
     photo = photograph(place(ink, 1728, 2304, rng), rng, quality=90)  # 2304 x 1728 = 4.0 MP
     gray = np.asarray(decode_gray(photo, "photo", LIMITS), np.float32) / 255
+    png = encoded(Image.open(io.BytesIO(photo)), "PNG")  # no JPEG draft: decoded in full, shrunk to 1024 x 768
+    gray_png = np.asarray(decode_gray(png, "photo", LIMITS), np.float32) / 255
     digit = np.asarray(decode_gray(encoded(Image.fromarray(mnist_x[1]), "PNG"), "d", LIMITS), np.float32) / 255
     moved = np.roll(digit, 4, axis=1)  # not MNIST-like: normalised
-    out = {"photo_4mp": {"decoded_shape": list(gray.shape), "jpeg_bytes": len(photo)}}
+    out = {"photo_4mp": {"decoded_shape": list(gray.shape), "jpeg_bytes": len(photo),
+                         "png_decoded_shape": list(gray_png.shape), "png_bytes": len(png)}}
     for name, fn in {
         "photo_4mp_upload_after": lambda: current.preprocess(
             np.asarray(decode_gray(photo, "p", LIMITS), np.float32) / 255, None, None),
@@ -394,6 +397,12 @@ def preprocess_cost(mnist_x: np.ndarray, repeats: int) -> dict:
             np.asarray(decode_gray(photo, "p", LIMITS), np.float32) / 255),
         "photo_4mp_preprocess_after": lambda: current.preprocess(gray, None, None),
         "photo_4mp_preprocess_before": lambda: baseline_preprocess(gray),
+        "photo_4mp_png_upload_after": lambda: current.preprocess(
+            np.asarray(decode_gray(png, "p", LIMITS), np.float32) / 255, None, None),
+        "photo_4mp_png_upload_before": lambda: baseline_preprocess(
+            np.asarray(decode_gray(png, "p", LIMITS), np.float32) / 255),
+        "photo_4mp_png_preprocess_after": lambda: current.preprocess(gray_png, None, None),
+        "photo_4mp_png_preprocess_before": lambda: baseline_preprocess(gray_png),
         "digit_28_untouched_after": lambda: current.preprocess(digit, None, None),
         "digit_28_untouched_before": lambda: baseline_preprocess(digit),
         "digit_28_normalised_after": lambda: current.preprocess(moved, None, None),
@@ -405,22 +414,26 @@ def preprocess_cost(mnist_x: np.ndarray, repeats: int) -> dict:
 
 
 def library_cost(repeats: int) -> dict:
-    """The large-scale background step (shrink to 96, opening of 15, blur, enlarge to 1024x768) in each library:
-    Pillow (what the service uses), OpenCV and scikit-image, if installed; ms p50."""
+    """The cleaning's image operations on a 1024 x 768 image (the largest decode_gray leaves) in each library: shrink
+    to 96, an opening of the service's size, a light blur, enlarge back, subtract, the full-size blur. Pillow and
+    numpy (what the service uses), OpenCV and scikit-image if installed; ms."""
     from service.api.v1 import photo
     rng = np.random.default_rng(5)
     pixels = rng.random((768, 1024), dtype=np.float32)
-    out = {"pillow": percentiles(timed(lambda: photo.estimate_background(pixels), repeats))}
+    size, sigma = photo._opening_size(), 1024 / 800
+
+    def with_pillow():
+        photo.blur(pixels - photo.estimate_background(pixels), sigma)
+
+    out = {"opening_size_at_96": size, "pillow_numpy": percentiles(timed(with_pillow, repeats))}
     try:
         import cv2
 
         def with_cv2():
             small = cv2.resize(pixels, (96, 72), interpolation=cv2.INTER_AREA)
-            kernel = np.ones((15, 15), np.uint8)
-            opened = cv2.morphologyEx(small, cv2.MORPH_OPEN, kernel)
-            smooth = cv2.GaussianBlur(opened, (0, 0), 7.5)
-            back = cv2.resize(smooth, (1024, 768), interpolation=cv2.INTER_LINEAR)
-            cv2.GaussianBlur(pixels - back, (0, 0), 1.28)
+            opened = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((size, size), np.uint8))
+            back = cv2.resize(cv2.GaussianBlur(opened, (0, 0), 1.0), (1024, 768), interpolation=cv2.INTER_LINEAR)
+            cv2.GaussianBlur(pixels - back, (0, 0), sigma)
         out["opencv"] = percentiles(timed(with_cv2, repeats)) | {"version": cv2.__version__}
     except ImportError:
         out["opencv"] = "not installed"
@@ -430,15 +443,12 @@ def library_cost(repeats: int) -> dict:
 
         def with_skimage():
             small = transform.resize(pixels, (72, 96), anti_aliasing=True)
-            opened = morphology.opening(small, morphology.footprint_rectangle((15, 15)))
-            smooth = filters.gaussian(opened, 7.5)
-            back = transform.resize(smooth, (768, 1024), order=1)
-            filters.gaussian(pixels - back, 1.28)
+            opened = morphology.opening(small, morphology.footprint_rectangle((size, size)))
+            back = transform.resize(filters.gaussian(opened, 1.0), (768, 1024), order=1)
+            filters.gaussian(pixels - back, sigma)
         out["scikit_image"] = percentiles(timed(with_skimage, repeats)) | {"version": skimage.__version__}
     except ImportError:
         out["scikit_image"] = "not installed"
-    from service.api.v1.photo import blur
-    out["numpy_blur_1024x768"] = percentiles(timed(lambda: blur(pixels, 1.28), repeats))
     return out
 
 
@@ -465,6 +475,7 @@ def main() -> None:
     parser.add_argument("--write-test-set", type=Path)
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
     parser.add_argument("--no-costs", action="store_true", help="skip the cost figures")
+    parser.add_argument("--costs-only", action="store_true", help="only the cost figures (no model)")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -472,6 +483,10 @@ def main() -> None:
     mnist_y = read_idx(args.data_dir / "t10k-labels-idx1-ubyte.gz")
     if args.write_test_set:
         write_test_set(args.write_test_set, mnist_x, mnist_y)
+        return
+    if args.costs_only:
+        emit({"cost_ms": preprocess_cost(mnist_x, args.repeats),
+              "background_step_by_library_ms": library_cost(args.repeats)}, args.out)
         return
     version = args.version or max(int(p.name) for p in args.model_root.iterdir() if p.name.isdigit())
     model = Model(args.model_root / str(version))

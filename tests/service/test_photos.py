@@ -224,3 +224,13 @@ def test_verdict_understands_mnist_and_cleaned_photos_but_not_noise(v_model, mni
     shaded_as_before = np.stack([_fit_square(1 - shaded_photo(i)) for i in range(5)])  # the page, uncleaned
     flagged = _verdicts(signatures, calibration, np.concatenate([noise, shaded_as_before]))
     assert not any(v["understood"] for v in flagged), flagged
+
+
+def test_distortion_from_logits_matches_probs():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (3, 28, 28, 1))
+    images = rng.random((3, 28, 28, 1))
+    probs = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(verdict.distortion(images, logits=logits), verdict.distortion(images, probs), rtol=1e-6)
+    with pytest.raises(ValueError, match="probs or logits"):
+        verdict.verdict_batch(images, np.zeros((3, 2)), np.eye(2)[None].repeat(3, 0), None, None)

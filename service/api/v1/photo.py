@@ -2,21 +2,24 @@
 
 A phone photo of a digit is grey paper under uneven light, with sensor noise and JPEG blocks. MNIST's levels step
 (paper 0, the strongest ink 1) keeps the shading: the crop then takes most of the photo. Here, on white-on-black
-pixels (after inversion):
+pixels (after inversion; `dark_ink` tells preprocess.preprocess the ink's polarity when the border cannot):
 
 1. The paper's illumination is estimated at a large scale: the image shrunk to BACKGROUND_SIDE pixels (area
-   averaging, which also averages the noise away), a grey-level opening (minimum then maximum filter) wider than
-   any pen stroke, which removes the ink and keeps the paper, then a blur. The estimate, enlarged back, is
-   subtracted: what is left is ink, near 0 on paper wherever the light fell.
-2. The noise left on the paper is measured (the median absolute deviation of the residual, robust to the ink);
-   the ink is what stands out of it: a global Otsu threshold on the residual, lightly blurred, but never below
-   NOISE_SIGMAS times the noise.
-3. Levels: the threshold's half becomes 0 (paper), the strong ink (a high percentile of the ink's residual) 1;
-   the crop is the bounding box of the rows and columns that hold ink, ignoring specks.
+   averaging, which also averages the noise away), a grey-level opening (minimum then maximum filter) a quarter of
+   that side wide, which removes anything narrower (the ink) and keeps the paper's gradients, vignettes and
+   shadows' edges. The estimate, enlarged back, is subtracted: what is left is ink, near 0 on paper wherever the
+   light fell.
+2. The noise left on the paper is measured (the median absolute deviation of the residual, lightly blurred: JPEG
+   blocks and sensor noise are finer than any stroke); the ink is what stands out of it, by Otsu's threshold over
+   the residual above the paper, never below NOISE_SIGMAS times the noise nor MIN_CONTRAST. Nothing standing out
+   (blank paper, paper without ink, pure noise) is an ImageError with status 422.
+3. The crop: the rows and columns holding ink (specks beyond an empty row or column left out); on clean paper (a
+   drawing, a scan) the strokes' soft edges too, as MNIST's crop. Levels: half the threshold's height above the
+   paper becomes 0, the strong ink (95th percentile of the ink's residual) 1.
 
-Only Pillow's filters and numpy: the serving image gains no dependency (measured against OpenCV and scikit-image
-in bench/photos.py, where the same steps are no better and the libraries add 170 to 180 MB).
-Nothing left after cleaning (blank paper, paper without ink, pure noise): ImageError with status 422."""
+Pillow (resizing) and numpy (the rank filters and blurs) only: the serving image gains no dependency.
+bench/photos.py measures the same steps with OpenCV and scikit-image: OpenCV is faster per image but its wheel adds
+about 170 MB installed; scikit-image is slower and brings SciPy (about 180 MB)."""
 
 from dataclasses import dataclass
 

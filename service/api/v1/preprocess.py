@@ -65,14 +65,18 @@ def preprocess(pixels: np.ndarray, invert: bool | None, normalize: bool | None) 
     if inverted:
         pixels = 1.0 - pixels
     normalized = not looks_like_mnist(pixels) if normalize is None else normalize
-    done: dict[str, Any] = {"inverted": bool(inverted), "normalized": bool(normalized), "background_removed": False,
-                            "threshold": None, "crop_box": None}
+    done = untouched() | {"inverted": bool(inverted), "normalized": bool(normalized)}
     if not normalized:
         return _fit_square(pixels), done
     cleaned = clean(pixels)
     done.update(background_removed=cleaned.background_removed, crop_box=list(cleaned.box),
                 threshold={"method": cleaned.threshold_method, "value": cleaned.threshold})
     return fit_and_centre(cleaned.pixels), done
+
+
+def untouched() -> dict[str, Any]:
+    """The preprocessing record of an image used as given (a JSON array; an MNIST-like upload under auto)."""
+    return {"inverted": False, "normalized": False, "background_removed": False, "threshold": None, "crop_box": None}
 
 
 def _auto_invert(pixels: np.ndarray) -> bool:

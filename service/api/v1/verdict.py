@@ -27,17 +27,22 @@ def kl_from_prior(mean: np.ndarray, scale_tril: np.ndarray) -> np.ndarray:
     return 0.5 * (trace + (mean ** 2).sum(axis=-1) - mean.shape[-1] - log_det)
 
 
-def distortion(images: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def distortion(images: np.ndarray, probs: np.ndarray | None = None, logits: np.ndarray | None = None) -> np.ndarray:
     """-log p(x | z) per image, nats: the Bernoulli cross-entropy of grey pixels x in [0, 1] as given (as the score
-    signature scores them) under the decoder's probabilities."""
+    signature scores them) under the decoder's `logits` (exact, as the score signature computes it) or `probs`
+    (clipped to [EPSILON, 1 - EPSILON]: reconstruct answers probabilities only)."""
     x = np.asarray(images, np.float64).reshape(len(images), -1)
+    if logits is not None:
+        z = np.asarray(logits, np.float64).reshape(len(logits), -1)
+        return (np.maximum(z, 0) - z * x + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)
     p = np.clip(np.asarray(probs, np.float64).reshape(len(probs), -1), EPSILON, 1 - EPSILON)
     return -(x * np.log(p) + (1 - x) * np.log1p(-p)).sum(axis=1)
 
 
-def signals(images: np.ndarray, mean: np.ndarray, scale_tril: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+def signals(images: np.ndarray, mean: np.ndarray, scale_tril: np.ndarray, probs: np.ndarray | None = None,
+            logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """{"kl", "distortion"} per image, nats (their sum is the one-decode NLL estimate)."""
-    return {"kl": kl_from_prior(mean, scale_tril), "distortion": distortion(images, probs)}
+    return {"kl": kl_from_prior(mean, scale_tril), "distortion": distortion(images, probs, logits)}
 
 
 def percentile(nll: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
@@ -46,16 +51,19 @@ def percentile(nll: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
     return np.interp(nll, calibration["values"], calibration["levels"])
 
 
-def verdict_batch(images: np.ndarray, mean: np.ndarray, scale_tril: np.ndarray, probs: np.ndarray,
-                  calibration: dict[str, Any] | None = None, threshold: float = THRESHOLD) -> list[dict[str, Any]]:
-    """Per image {"understood": bool, "nll_estimate": nats, "percentile": float | None, "threshold": float}.
+def verdict_batch(images: np.ndarray, mean: np.ndarray, scale_tril: np.ndarray, probs: np.ndarray | None = None,
+                  calibration: dict[str, Any] | None = None, threshold: float = THRESHOLD, *,
+                  logits: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per image {"understood": bool | None, "nll_estimate": nats, "percentile": float | None, "threshold": float}.
 
-    images (B, 28, 28[, 1]) the model inputs, mean (B, d) and scale_tril (B, d, d) from encode, probs
-    (B, 28, 28[, 1]) the decoder's probabilities at `mean` (reconstruct's). Without a calibration (a model exported
-    before it had one) percentile is None and understood is None: the service cannot tell."""
+    images (B, 28, 28[, 1]) the model inputs, mean (B, d) and scale_tril (B, d, d) from encode, and the decoder's
+    output at `mean`: probs (B, 28, 28[, 1]) (reconstruct's) or, better, logits (decode's). Without a calibration
+    (a model exported before it had one) percentile and understood are None: the service cannot tell."""
     if not (0 < threshold < 100):
         raise ValueError(f"threshold must lie strictly between 0 and 100, got {threshold}")
-    found = signals(images, mean, scale_tril, probs)
+    if probs is None and logits is None:
+        raise ValueError("the decoder's probs or logits at the posterior mean are needed")
+    found = signals(images, mean, scale_tril, probs, logits)
     nll = found["kl"] + found["distortion"]
     rank = percentile(nll, calibration) if calibration else None
     out = []
