@@ -200,7 +200,7 @@ def main(argv=None):
                 strategy=args.strategy,
                 cluster_timeout=args.cluster_timeout,
                 step_timeout=args.step_timeout,
-                verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
+                verbose=2,
             )
         elif args.command == "evaluate":
             evaluate_command(args)
@@ -213,6 +213,14 @@ def main(argv=None):
     except (DataError, RunError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # A collective that failed because a peer went away (multi-worker): one line, not a TensorFlow traceback.
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.OpError) or args.command != "train":
+            raise
+        print(f"error: training stopped by a TensorFlow error ({type(e).__name__}): {str(e).splitlines()[0]}; "
+              "rerun every worker with --resume to continue from the last backup", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -101,28 +101,56 @@ def parse_tf_config(text):
     return cluster, task
 
 
+_WATCHDOG = r"""
+import os, select, signal, sys, time
+pid, timeout, what = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + timeout
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], max(0.0, deadline - time.monotonic()))
+    if ready:
+        line = sys.stdin.readline()
+        if not line or line.startswith("stop"):
+            sys.exit(0)
+        deadline = time.monotonic() + timeout
+        what = line[5:].strip() or what
+    elif time.monotonic() >= deadline:
+        print(f"error: {what}: nothing for {timeout:.0f} s, giving up", file=sys.stderr, flush=True)
+        os.kill(pid, signal.SIGKILL)
+        sys.exit(0)
+"""
+
+
 class Watchdog:
-    """Ends the process with one line on stderr (exit 3) when `kick` has not been called for `timeout` seconds: a
-    peer that never comes up or stops answering must not hang the run."""
+    """Kills this process (SIGKILL, exit status 137) after one line on stderr when `kick` has not been called for
+    `timeout` seconds: a peer that never comes up or stops answering must not hang the run.
+
+    A separate process, because a thread cannot: TensorFlow's multi-worker start-up and collectives block in C++
+    holding the GIL, and its preemption notifier catches SIGTERM. The watchdog ends when this process ends."""
 
     def __init__(self, timeout, what):
-        self.timeout, self.what = timeout, what
-        self._deadline = time.monotonic() + timeout
-        self._stop = threading.Event()
-        threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
+        import subprocess
 
-    def kick(self, what=None):
-        self.what = what or self.what
-        self._deadline = time.monotonic() + self.timeout
+        self.timeout = timeout
+        self._proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), what],
+                                      stdin=subprocess.PIPE, text=True)
+
+    def _send(self, line):
+        try:
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def kick(self, what=""):
+        self._send(f"kick {what}")
 
     def stop(self):
-        self._stop.set()
-
-    def _watch(self):
-        while not self._stop.wait(1.0):
-            if time.monotonic() > self._deadline:
-                print(f"error: {self.what}: nothing for {self.timeout:.0f} s, giving up", file=sys.stderr, flush=True)
-                os._exit(3)
+        self._send("stop")
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self._proc.wait()
 
 
 def make_cluster(kind="auto", cluster_timeout=120.0):
@@ -151,10 +179,14 @@ def make_cluster(kind="auto", cluster_timeout=120.0):
                                          f"({', '.join(a for v in cluster.values() for a in v)}) did not all come up")
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    # The first collective proves every peer is there.
-    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
-    watchdog.stop()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # The first collective proves every peer is there.
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+    except tf.errors.OpError as e:
+        raise RunError(f"multi-worker start-up failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    finally:
+        watchdog.stop()
     resolver = strategy.cluster_resolver
     is_chief = resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                                  and "chief" not in cluster)
@@ -390,12 +422,13 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
 
     # Non-chief workers write their (required) checkpoint copies to a temporary folder of their own.
     write_dir = run_dir if cluster.is_chief else run_dir / f".workertemp_{cluster.task.replace(':', '_')}"
+    # The run's counters: plain local variables (every worker keeps the same values), outside the strategy's scope.
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
     with cluster.strategy.scope():
         vae = VAE(model_cfg)
         optimizer = tf_keras.optimizers.Adam(_learning_rate(train_cfg, train_cfg.epochs * steps))
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
         checkpoint = tf.train.Checkpoint(encoder_body=vae.encoder_body, decoder_body=vae.decoder_body,
                                          optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_var,
                                          epoch_loss_sum=loss_sum)
@@ -451,6 +484,7 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
     watchdog = Watchdog(step_timeout, "multi-worker training: no step finished (a peer stopped?)") \
         if cluster.kind == "multi-worker" else None
     ran = 0
+    vae.step_losses = []  # the global batch losses of the steps this process ran (for tests and diagnostics)
     if int(epoch_var) >= train_cfg.epochs:
         log.info("run already has %d of %d epochs: nothing to do", int(epoch_var), train_cfg.epochs)
     while int(epoch_var) < train_cfg.epochs:
@@ -461,6 +495,7 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
         for step in range(first, steps):
             loss = train_step(batch_inputs(order, step), epoch_t)
             loss_sum.assign_add(tf.cast(loss, tf.float64))
+            vae.step_losses.append(float(loss))
             step_var.assign(step + 1)
             ran += 1
             if watchdog:
