@@ -54,7 +54,11 @@ def parser():
     t.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
                    help="checkpoints, config, history, TensorBoard logs (default: %(default)s)")
     t.add_argument("--data-dir", help="folder with the four MNIST IDX .gz files (default: download once)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last backup (mid-epoch) or epoch checkpoint")
+    t.add_argument("--resume-if-exists", action="store_true",
+                   help="--resume when --run-dir holds a run, else start it: one command for a first start and every "
+                        "restart (containers, Kubernetes)")
     t.add_argument("--epochs", type=_positive_int, default=50, help="total epochs of the run (default: %(default)s)")
     t.add_argument("--batch-size", type=_positive_int, default=64, help="(default: %(default)s)")
     t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
@@ -196,7 +200,8 @@ def main(argv=None):
                             validation_k=args.validation_k, init_from=args.init_from,
                             backup_every=args.backup_every),
                 data_dir=args.data_dir,
-                resume=args.resume,
+                resume=args.resume or (args.resume_if_exists
+                                       and (pathlib.Path(args.run_dir) / "config.json").exists()),
                 strategy=args.strategy,
                 cluster_timeout=args.cluster_timeout,
                 step_timeout=args.step_timeout,

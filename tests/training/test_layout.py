@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def _run(code):
@@ -16,6 +17,7 @@ def test_contract_likelihood_imports_no_tensorflow():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # two fresh interpreters importing TensorFlow
 def test_evaluate_and_export_do_not_import_each_other():
     for module, other in (("training.evaluate", "training.export"), ("training.export", "training.evaluate")):
         out = _run(f"import sys, {module}; print({other!r} in sys.modules)")

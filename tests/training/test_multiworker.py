@@ -188,6 +188,7 @@ def test_bad_tf_config_is_one_clear_error(text, message):
         parse_tf_config(text)
 
 
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
 def test_bad_tf_config_exits_2_before_any_work(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training", "train", "--run-dir", str(tmp_path / "run"),
                            "--data-dir", str(MNIST)], cwd=REPO, env={**env(), "TF_CONFIG": "{oops"},
