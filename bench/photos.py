@@ -16,6 +16,8 @@ with random placement, size, rotation, light, blur, noise and JPEG quality):
 - photo_shading: the same with a strong shading gradient (paper from 25% to 95% of full light across the picture).
 - photo_colour: coloured ink on coloured paper, otherwise as photo_print.
 - photo_small: a small digit (8-20% of the picture's height) anywhere on the photo.
+- photo_desk: the page's edge in the frame: a dark desk beyond a slanted line along one or two sides (3-12% deep),
+  the digit (typed or MNIST) on the page's middle 70%.
 - drawn: digits drawn with Pillow like a user of a paint program (tests/service/drawing.py).
 - hand_clean: MNIST test digits enlarged onto a clean light canvas anywhere, some rotated by up to 20 degrees.
 - font_clean: typed digits on clean white or coloured paper, PNG.
@@ -190,7 +192,7 @@ def perspective(image: Image.Image, margin: int, rng, amount: float) -> Image.Im
 
 
 def photograph(ink: np.ndarray, rng, *, strong_light: bool = False, paper_rgb=None, ink_rgb=None,
-               quality: int | None = None) -> bytes:
+               quality: int | None = None, desk: bool = False) -> bytes:
     """Ink coverage (height, width) printed on textured paper, lit unevenly, photographed: perspective, blur, noise,
     JPEG. Returns the JPEG's bytes."""
     amount = rng.uniform(0.0, 0.05)
@@ -205,6 +207,16 @@ def photograph(ink: np.ndarray, rng, *, strong_light: bool = False, paper_rgb=No
         ink_rgb = np.array([dark, dark, dark * rng.uniform(1.0, 1.6)], np.float32).clip(0, 1)
     texture = 1 + 0.03 * smooth_noise(rng, height, width, 24) + 0.015 * rng.standard_normal((height, width))
     reflect = (paper_rgb[None, None] * (1 - ink[..., None]) + ink_rgb[None, None] * ink[..., None])
+    if desk:  # the page's edge in the frame: a dark desk beyond a slanted line along one or two sides
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        wood = np.array([0.35, 0.22, 0.12], np.float32) * rng.uniform(0.4, 1.2)
+        for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
+            depth = rng.uniform(0.03, 0.12) * (width if side < 2 else height) + margin
+            slope = rng.uniform(-0.08, 0.08)
+            along, across = (y, x) if side < 2 else (x, y)
+            limit = depth + slope * (along - along.mean())
+            beyond = (across < limit) if side in (0, 2) else (across > (across.max() - limit))
+            reflect[beyond] = wood * (1 + 0.1 * rng.standard_normal(3)).astype(np.float32)
     light = illumination(rng, height, width, strong_light)
     exposure = rng.uniform(0.85, 1.0)
     rgb = reflect * (texture * light * exposure)[..., None]
@@ -236,6 +248,15 @@ def make_style(style: str, count: int, rng, mnist_x: np.ndarray, mnist_y: np.nda
         elif style == "photo_hand":
             ink = rotated(hand_ink(mnist_x[j], digit_height, rng), degrees)
             out.append((int(mnist_y[j]), photograph(place(ink, height, width, rng), rng)))
+        elif style == "photo_desk":
+            ink = rotated(typed_ink(rng, typed, digit_height) if i % 2 else hand_ink(mnist_x[j], digit_height, rng),
+                          degrees)
+            label = typed if i % 2 else int(mnist_y[j])
+            inner_height, inner_width = int(height * 0.7), int(width * 0.7)  # the digit on the page, not the desk
+            top, left = (height - inner_height) // 2, (width - inner_width) // 2
+            page = np.zeros((height, width), np.float32)
+            page[top:top + inner_height, left:left + inner_width] = place(ink, inner_height, inner_width, rng)
+            out.append((label, photograph(page, rng, desk=True)))
         elif style == "photo_small":
             small = int(rng.uniform(0.08, 0.2) * height)
             ink = hand_ink(mnist_x[j], small, rng) if i % 2 else typed_ink(rng, typed, small)
@@ -281,9 +302,10 @@ def make_style(style: str, count: int, rng, mnist_x: np.ndarray, mnist_y: np.nda
     return out
 
 
-STYLES = ("photo_print", "photo_hand", "photo_shading", "photo_colour", "photo_small", "drawn", "hand_clean",
+STYLES = ("photo_print", "photo_hand", "photo_shading", "photo_colour", "photo_small", "photo_desk", "drawn",
+          "hand_clean",
           "font_clean", "mnist_png", "bad_blank", "bad_noise", "bad_texture")
-PHOTO_STYLES = ("photo_print", "photo_hand", "photo_shading", "photo_colour", "photo_small")
+PHOTO_STYLES = ("photo_print", "photo_hand", "photo_shading", "photo_colour", "photo_small", "photo_desk")
 
 
 def pictures(style: str, count: int, seed: int, mnist_x, mnist_y) -> list[tuple[int, bytes]]:

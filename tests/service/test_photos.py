@@ -234,3 +234,26 @@ def test_distortion_from_logits_matches_probs():
     np.testing.assert_allclose(verdict.distortion(images, logits=logits), verdict.distortion(images, probs), rtol=1e-6)
     with pytest.raises(ValueError, match="probs or logits"):
         verdict.verdict_batch(images, np.zeros((3, 2)), np.eye(2)[None].repeat(3, 0), None, None)
+
+
+def test_desk_beside_the_page_is_not_the_digit():
+    """A photo's frame often holds a strip of the desk beside the page: dark, so bright once inverted, and touching
+    the border. It is left out of the crop when a digit remains."""
+    gray = shaded_photo()
+    gray[:, :40] = 0.12  # the desk along the left edge
+    _, done = preprocess(gray, None, None)
+    top, left, bottom, right = done["crop_box"]
+    assert abs(left - 150) <= 4 and abs(right - 300) <= 4 and abs(top - 150) <= 4
+    only_desk = shaded_photo(ink=False)
+    only_desk[:, :40] = 0.12
+    _, kept = preprocess(only_desk, None, None)  # nothing else: kept (a digit cut by the frame is still read)
+    assert kept["crop_box"][1] == 0
+
+
+def test_clear_border_keeps_inner_ink():
+    mask = np.zeros((300, 400), bool)
+    mask[:, :10] = True
+    mask[100:200, 150:170] = True
+    cleared = photo.clear_border(mask)
+    assert not cleared[:, :10].any() and cleared[100:200, 150:170].all()
+    assert photo.clear_border(mask[:, :10]).all()  # only border ink: unchanged

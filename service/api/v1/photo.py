@@ -13,8 +13,9 @@ pixels (after inversion; `dark_ink` tells preprocess.preprocess the ink's polari
    blocks and sensor noise are finer than any stroke); the ink is what stands out of it, by Otsu's threshold over
    the residual above the paper, never below NOISE_SIGMAS times the noise nor MIN_CONTRAST. Nothing standing out
    (blank paper, paper without ink, pure noise) is an ImageError with status 422.
-3. The crop: the rows and columns holding ink (specks beyond an empty row or column left out); on clean paper (a
-   drawing, a scan) the strokes' soft edges too, as MNIST's crop. Levels: half the threshold's height above the
+3. The crop: the rows and columns holding ink (specks beyond an empty row or column left out); in a photo, ink
+   regions touching the border (the desk, the page's edge) are left out when other ink remains; on clean paper (a
+   drawing, a scan) the strokes' soft edges are kept in the box, as MNIST's crop. Levels: half the threshold's height above the
    paper becomes 0, the strong ink (95th percentile of the ink's residual) 1.
 
 Pillow (resizing) and numpy (the rank filters and blurs) only: the serving image gains no dependency.
@@ -40,6 +41,7 @@ STRONG = 95  # levels: this percentile of the ink's residual becomes 1 (the stro
 BOX_INK = 0.2  # on clean paper, the crop holds the pixels above this share of the strong ink's height over the paper
 CLEAN_NOISE = 0.005  # paper is clean (a drawing, a scan, a rendered font) when its noise is under this
 INK = 0.2  # small images: a pixel above this share of the contrast is ink (as preprocess.INK)
+BORDER_SIDE = 128  # photos: ink regions touching the border are found on the ink mask shrunk to this side
 SPECK = 0.005  # the crop holds the rows (columns) between these quantiles of the ink, and the ink touching them
 
 
@@ -163,6 +165,8 @@ def clean(pixels: np.ndarray) -> Cleaned:
     ink = smooth > threshold
     if np.count_nonzero(ink) < max(MIN_INK_PIXELS, MIN_INK_SHARE * ink.size):
         raise ImageError(_nothing_left(peak - centre, noise), 422)
+    if noise > CLEAN_NOISE:  # a photo: the desk or the page's edge in the frame is not the digit
+        ink = clear_border(ink)
     top, bottom = _extent(ink.sum(axis=1))
     left, right = _extent(ink.sum(axis=0))
     strong = float(np.percentile(residual[top:bottom, left:right][ink[top:bottom, left:right]], STRONG))
@@ -188,6 +192,36 @@ def _levels(pixels: np.ndarray) -> Cleaned:
     top, left, bottom, right = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     return Cleaned(levelled[top:bottom, left:right], (top, left, bottom, right), False, "levels",
                    round(background + INK * contrast, 4))
+
+
+def clear_border(ink: np.ndarray) -> np.ndarray:
+    """The ink mask without the regions that touch the image's border (the desk beside the page, the page's edge,
+    a shadow's corner), unless nothing else is left (a digit cut by the frame). Regions are found on the mask
+    shrunk to BORDER_SIDE (a block holds ink if any of its pixels does), by growing the border's ink within it."""
+    height, width = ink.shape
+    block = max(1, -(-max(height, width) // BORDER_SIDE))
+    rows, cols = -(-height // block), -(-width // block)
+    padded = np.zeros((rows * block, cols * block), bool)
+    padded[:height, :width] = ink
+    small = padded.reshape(rows, block, cols, block).any(axis=(1, 3))
+    reached = np.zeros_like(small)
+    reached[[0, -1], :], reached[:, [0, -1]] = small[[0, -1], :], small[:, [0, -1]]
+    if not reached.any():
+        return ink
+    for step in range(rows + cols):
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= small
+        if step % 4 == 3 and np.array_equal(grown, reached):
+            break
+        reached = grown
+    if not (small & ~reached).any():
+        return ink
+    touching = np.repeat(np.repeat(reached, block, axis=0), block, axis=1)[:height, :width]
+    return ink & ~touching
 
 
 def _extent(counts: np.ndarray) -> tuple[int, int]:
