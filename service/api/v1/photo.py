@@ -15,8 +15,8 @@ pixels (after inversion; `dark_ink` tells preprocess.preprocess the ink's polari
    (blank paper, paper without ink, pure noise) is an ImageError with status 422.
 3. The crop: the rows and columns holding ink (specks beyond an empty row or column left out); in a photo, ink
    regions touching the border (the desk, the page's edge) are left out when other ink remains; on clean paper (a
-   drawing, a scan) the strokes' soft edges are kept in the box, as MNIST's crop. Levels: half the threshold's height above the
-   paper becomes 0, the strong ink (95th percentile of the ink's residual) 1.
+   drawing, a scan) the strokes' soft edges are kept in the box, as MNIST's crop. Levels: half the threshold's
+   height above the paper becomes 0, the strong ink (95th percentile of the ink's residual) 1.
 
 Pillow (resizing) and numpy (the rank filters and blurs) only: the serving image gains no dependency.
 bench/photos.py measures the same steps with OpenCV and scikit-image: OpenCV is faster per image but its wheel adds
