@@ -120,6 +120,9 @@ def parser():
     e.add_argument("--limit", type=_positive_int, help="evaluate only the first N test images (default: all)")
     e.add_argument("--figures-dir", help="also write the PNG figures here (default: none)")
     e.add_argument("--update-metadata", action="store_true", help="store the metrics in --model-dir's metadata.json")
+    e.add_argument("--no-metrics", action="store_true",
+                   help="skip the metrics pass (e.g. only --calibrate; bench/evaluate_literature.py computes the "
+                        "k=1000 and k=5000 figures resumably)")
 
     x = sub.add_parser("export", help="export a run's latest checkpoint as a SavedModel <base>/<name>/<version>")
     x.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="the run to export (default: %(default)s)")
@@ -151,8 +154,10 @@ def evaluate_command(args):
         vae, _, _ = restore_weights(args.run_dir)
         model = Model.from_keras(vae)
         history = read_history(args.run_dir)
-    metrics = evaluate(model, x, k=args.k, sampling_seed=args.seed)
-    print(json.dumps(dataclasses.asdict(metrics), indent=2))
+    metrics = None
+    if not args.no_metrics:
+        metrics = evaluate(model, x, k=args.k, sampling_seed=args.seed)
+        print(json.dumps(dataclasses.asdict(metrics), indent=2))
     calibration = None
     if args.calibrate:
         train_images, _ = data.load_mnist("train", args.data_dir)  # the background model of the likelihood ratio
@@ -160,8 +165,9 @@ def evaluate_command(args):
         print(calibration.model_dump_json(indent=2, exclude={"background": {"probs"}}))
     if args.update_metadata:
         meta = contract.read_metadata(args.model_dir)
-        # Keep metrics written by other evaluations (e.g. bench/evaluate_literature.py's) beside these.
-        meta["metrics"] = {**(meta.get("metrics") or {}), **dataclasses.asdict(metrics)}
+        if metrics is not None:
+            # Keep metrics written by other evaluations (e.g. bench/evaluate_literature.py's) beside these.
+            meta["metrics"] = {**(meta.get("metrics") or {}), **dataclasses.asdict(metrics)}
         if calibration is not None:
             meta["calibration"] = calibration.model_dump()
         contract.write_metadata(args.model_dir, meta)
