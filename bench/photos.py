@@ -558,6 +558,8 @@ def main() -> None:
         report["styles"][style] = entry
         print(style, entry, file=sys.stderr)
 
+    report["mnist_test_all_png"] = mnist_all(model, mnist_x, mnist_y, means, labels)
+    print("mnist_test_all_png", report["mnist_test_all_png"], file=sys.stderr)
     for phase in ("before", "after"):
         photo_items = [report["styles"][s][phase] for s in PHOTO_STYLES if s in report["styles"]]
         report[f"photo_like_{phase}"] = round(float(np.mean([f.get("read_correctly_of_all", 0)
@@ -567,6 +569,21 @@ def main() -> None:
         report["cost_ms"] = preprocess_cost(mnist_x, args.repeats)
         report["background_step_by_library_ms"] = library_cost(args.repeats)
     emit(report, args.out)
+
+
+def mnist_all(model: Model, mnist_x: np.ndarray, mnist_y: np.ndarray, means, labels) -> dict:
+    """All 10,000 MNIST test digits as PNG uploads through the upload path (normalize=auto): how many pass
+    untouched, and how many read as their digit."""
+    inputs, untouched = [], 0
+    for digit in mnist_x:
+        gray = np.asarray(decode_gray(encoded(Image.fromarray(digit), "PNG"), "d", LIMITS), np.float32) / 255
+        x, done = current.preprocess(gray, None, None)
+        untouched += bool(np.array_equal(x, digit / np.float32(255)) and not done["normalized"])
+        inputs.append(x)
+    x = np.stack(inputs)[..., None]
+    mean = np.concatenate([model.encode(x[i:i + 1000])["mean"] for i in range(0, len(x), 1000)])
+    return {"count": len(x), "untouched": round(untouched / len(x), 4),
+            "read_correctly": round(float(np.mean(knn_read(mean, means, labels) == mnist_y)), 4)}
 
 
 def verdict_study(model: Model, rows, calibration) -> dict:

@@ -257,3 +257,19 @@ def test_clear_border_keeps_inner_ink():
     cleared = photo.clear_border(mask)
     assert not cleared[:, :10].any() and cleared[100:200, 150:170].all()
     assert photo.clear_border(mask[:, :10]).all()  # only border ink: unchanged
+
+
+def test_soft_shadow_on_blank_paper_is_422_but_faint_sharp_pencil_is_read():
+    """Faint and soft-edged (a shadow's edge) is not ink; faint but sharp (a pencil) is."""
+    height, width = 480, 640
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    corner = 1 / (1 + np.exp(-((x + y) - 850) / 25))  # a soft shadow over the bottom-right corner
+    paper = 0.85 * (1 - 0.3 * corner) + rng.normal(0, 0.01, (height, width)).astype(np.float32)
+    with pytest.raises(ImageError, match="faint .* soft-edged") as err:
+        preprocess(np.clip(paper, 0, 1), None, None)
+    assert err.value.status == 422
+    pencil = 0.85 + rng.normal(0, 0.01, (height, width)).astype(np.float32)
+    pencil[150:350, 300:304] -= 0.15  # a faint, sharp '1'
+    pixels, done = preprocess(np.clip(pencil, 0, 1), None, None)
+    assert done["background_removed"] and abs(done["crop_box"][0] - 150) <= 3 and looks_like_mnist(pixels)

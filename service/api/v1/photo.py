@@ -12,7 +12,8 @@ pixels (after inversion; `dark_ink` tells preprocess.preprocess the ink's polari
 2. The noise left on the paper is measured (the median absolute deviation of the residual, lightly blurred: JPEG
    blocks and sensor noise are finer than any stroke); the ink is what stands out of it, by Otsu's threshold over
    the residual above the paper, never below NOISE_SIGMAS times the noise nor MIN_CONTRAST. Nothing standing out
-   (blank paper, paper without ink, pure noise) is an ImageError with status 422.
+   (blank paper, paper without ink, pure noise), or only something faint and soft-edged (a shadow's edge: ink is
+   sharp), is an ImageError with status 422.
 3. The crop: the rows and columns holding ink (specks beyond an empty row or column left out); in a photo, ink
    regions touching the border (the desk, the page's edge) are left out when other ink remains; on clean paper (a
    drawing, a scan) the strokes' soft edges are kept in the box, as MNIST's crop. Levels: half the threshold's
@@ -40,6 +41,8 @@ LOW = 0.5  # levels: the paper's level plus this share of the threshold's height
 STRONG = 95  # levels: this percentile of the ink's residual becomes 1 (the strongest ink, unmoved by a few hot pixels)
 BOX_INK = 0.2  # on clean paper, the crop holds the pixels above this share of the strong ink's height over the paper
 CLEAN_NOISE = 0.005  # paper is clean (a drawing, a scan, a rendered font) when its noise is under this
+FAINT = 0.2  # ink this faint over the paper (of the full range) must also be sharp ...
+SOFT_EDGE = 5.0  # ... its edges rising within this many pixels (edge_width); else it is shading, not ink
 INK = 0.2  # small images: a pixel above this share of the contrast is ink (as preprocess.INK)
 BORDER_SIDE = 128  # photos: ink regions touching the border are found on the ink mask shrunk to this side
 SPECK = 0.005  # the crop holds the rows (columns) between these quantiles of the ink, and the ink touching them
@@ -174,6 +177,10 @@ def clean(pixels: np.ndarray) -> Cleaned:
         edges = smooth > max(floor, centre + BOX_INK * (strong - centre))
         top, bottom = _extent(edges.sum(axis=1))
         left, right = _extent(edges.sum(axis=0))
+    if strong - centre < FAINT and edge_width(smooth, (top, left, bottom, right), strong - centre) > SOFT_EDGE:
+        raise ImageError(f"no digit found: what stands out of the paper is faint ({strong - centre:.3f}, under "
+                         f"{FAINT}) and soft-edged (over {SOFT_EDGE} pixels): the light's shading or a shadow, not "
+                         f"ink", 422)
     crop = residual[top:bottom, left:right]
     low = centre + (threshold - centre) * LOW
     digit = np.clip((crop - low) / max(strong - low, 1e-6), 0.0, 1.0)
@@ -192,6 +199,19 @@ def _levels(pixels: np.ndarray) -> Cleaned:
     top, left, bottom, right = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     return Cleaned(levelled[top:bottom, left:right], (top, left, bottom, right), False, "levels",
                    round(background + INK * contrast, 4))
+
+
+def edge_width(smooth: np.ndarray, box: tuple[int, int, int, int], contrast: float) -> float:
+    """How many pixels the ink's edges take to rise by its contrast: the contrast over the steepest slopes (99th
+    percentile of the gradient's magnitude) in the box. Ink is sharp (1 to 5 pixels in a phone photo); the edge of a
+    shadow or of the light's fall-off is soft (tens of pixels)."""
+    top, left, bottom, right = box
+    region = smooth[max(top - 2, 0):bottom + 2, max(left - 2, 0):right + 2]
+    if min(region.shape) < 3:
+        return 0.0
+    rows, cols = np.gradient(region)
+    slope = float(np.percentile(np.hypot(rows, cols), 99))
+    return contrast / max(slope, 1e-6)
 
 
 def clear_border(ink: np.ndarray) -> np.ndarray:
