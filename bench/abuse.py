@@ -342,6 +342,14 @@ async def fairness(url: str, pid: int, concurrency: int, seconds: float) -> dict
     idle_median = idle[len(idle) // 2]
     results = {"idle_28x28_upload_ms": {"p50": round(idle_median * 1000, 2),
                                         "max": round(idle[-1] * 1000, 2), "uploads": len(idle)}}
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        many, latencies = [("files", (f"d{i}.png", PROBE, "image/png")) for i in range(256)], []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert await upload(client, many) == 200
+            latencies.append(time.perf_counter() - start)
+    results["idle_256_files_of_28x28_ms"] = {"median": round(float(np.median(latencies)) * 1000, 1),
+                                             "max": round(max(latencies) * 1000, 1), "requests": len(latencies)}
     limits = httpx.Limits(max_connections=concurrency + 4)
     for name, make in hostile.WORST_ACCEPTED.items():
         data = make()
@@ -440,6 +448,7 @@ def summary(results: dict) -> dict:
         fair = [run for key, run in results["fairness"].items() if key in hostile.WORST_ACCEPTED]
         out["small_upload_wait_worst_ms"] = max(run["small_upload_wait_worst_ms"] for run in fair)
         out["idle_28x28_upload_ms"] = results["fairness"]["idle_28x28_upload_ms"]
+        out["idle_256_files_of_28x28_ms"] = results["fairness"]["idle_256_files_of_28x28_ms"]
     return out
 
 

@@ -21,6 +21,7 @@ any event loop, and its workers outlive none of it: a worker exits when its pipe
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import json
@@ -64,9 +65,15 @@ class DecodeFailure(RuntimeError):
 
 @dataclass
 class _Job:
+    """A batch of one request's files: `header` holds the options and each file's name and size, `data` the files'
+    bytes one after the other. The worker answers file by file and stops at the first it cannot decode."""
+
     header: dict[str, Any]
-    data: bytes
+    data: list[bytes]
     cancelled: bool = False
+
+    def name(self, index: int) -> str:
+        return self.header["files"][index]["name"]
 
 
 class _Worker:
@@ -88,6 +95,10 @@ class _Worker:
         with self._starting:
             if self._process is not None and self._process.poll() is None:
                 return
+            if self._process is not None:  # an ended worker: its pipes are closed now, not at garbage collection
+                for pipe in (self._process.stdin, self._process.stdout):
+                    with contextlib.suppress(OSError):  # stdin's buffer may still hold a file it never read
+                        pipe.close()
             env = {**os.environ, **_WORKER_ENV,
                    "PYTHONPATH": os.pathsep.join(filter(None, [_REPO_ROOT, os.environ.get("PYTHONPATH")]))}
             process = subprocess.Popen(
@@ -117,32 +128,39 @@ class _Worker:
             process = self._process
         process.kill()
 
-    def run(self, job: _Job) -> tuple[dict[str, Any], bytes]:
-        """Sends the job and waits for the answer (header, payload); raises ImageError for a broken bound."""
+    def run(self, job: _Job, answers: list[tuple[dict[str, Any], bytes]]) -> None:
+        """Sends the batch and appends the worker's answers, file by file, to `answers` until every file is answered or
+        one failed. Raises ImageError for a file that broke a bound of the worker (named: the file being decoded)."""
         self.start()
         with self._lock:
             if job.cancelled:
                 raise asyncio.CancelledError
             self._job, process = job, self._process
         try:
-            deadline = math.inf
+            deadline, end = math.inf, len(answers) + len(job.data)
             try:
                 _write_frame(process, job.header, job.data)
-                deadline = time.monotonic() + self.config.timeout_s
-                answer = _read_frame(process, deadline)
+                while len(answers) < end:
+                    deadline = time.monotonic() + self.config.timeout_s  # per file
+                    answer = _read_frame(process, deadline)
+                    if answer is None:
+                        break
+                    answers.append(answer)
+                    if not answer[0].get("ok"):
+                        break
+                else:
+                    return
             except OSError:  # BrokenPipeError included: the worker ended
                 answer = None
             if answer is None:
-                return self._failed(process, job, timed_out=time.monotonic() >= deadline)
-            header, payload = answer
-            if header.get("restart"):  # after a MemoryError a worker's state is not to be trusted
+                self._failed(process, job, len(answers) - (end - len(job.data)), timed_out=time.monotonic() >= deadline)
+            if answer[0].get("restart"):  # after a MemoryError a worker's state is not to be trusted
                 self.kill()
-            return header, payload
         finally:
             with self._lock:
                 self._job = None
 
-    def _failed(self, process: subprocess.Popen, job: _Job, timed_out: bool) -> tuple[dict[str, Any], bytes]:
+    def _failed(self, process: subprocess.Popen, job: _Job, index: int, timed_out: bool) -> None:
         if timed_out:
             process.kill()
         try:
@@ -150,7 +168,7 @@ class _Worker:
         except subprocess.TimeoutExpired:
             process.kill()
             code = process.wait()
-        name = job.header["name"]
+        name = job.name(index)
         if job.cancelled:
             raise asyncio.CancelledError
         if timed_out:
@@ -159,11 +177,12 @@ class _Worker:
         if code == -signal.SIGXCPU:
             raise ImageError(f"file {name!r} took more than {self.config.cpu_s:g} s of CPU time to decode, the limit "
                              f"(VAE_DECODE_CPU_S)", 422)
-        if code in (-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
-            # SIGKILL not sent by us: the kernel's OOM killer; SIGSEGV/SIGABRT: a decoder that failed to allocate
+        if code == -signal.SIGKILL:  # not sent by us: the kernel's OOM killer
             raise ImageError(f"file {name!r} could not be decoded within the decode memory limit of "
-                             f"{self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB); the decoder stopped with signal "
-                             f"{signal.Signals(-code).name}", 413)
+                             f"{self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB)", 413)
+        if code in (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGFPE, -signal.SIGILL):
+            raise ImageError(f"file {name!r} could not be decoded: the decoder crashed on it "
+                             f"({signal.Signals(-code).name})")
         raise DecodeFailure(f"the decode worker ended with exit code {code} on file {name!r}")
 
 
@@ -200,6 +219,13 @@ class _FairQueue:
         with self._lock:
             return sum(not future.cancelled() for _, _, future in self._waiting)
 
+    def should_yield(self, key: float) -> bool:
+        """Whether a request waits whose key is smaller than `key` (the holder's, were it to ask now)."""
+        with self._lock:
+            while self._waiting and self._waiting[0][2].cancelled():
+                heapq.heappop(self._waiting)
+            return bool(self._waiting) and self._waiting[0][0] < key
+
     def busy(self, total: int) -> int:
         with self._lock:
             return total - len(self._idle)
@@ -207,10 +233,39 @@ class _FairQueue:
 
 @dataclass
 class _Account:
-    """One request's share: the worker time its files have used."""
+    """One request's files, its answers so far, the worker time it has used and the batch it is running."""
 
+    files: list[tuple[str, bytes, float]]  # name, bytes, estimated seconds
+    header: dict[str, Any]
+    answers: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
     used_s: float = 0.0
-    jobs: list[_Job] = field(default_factory=list)
+    job: _Job | None = None
+    cancelled: bool = False
+
+    def key(self) -> float:
+        return self.used_s + self.files[len(self.answers)][2]
+
+    def next_batch(self) -> _Job:
+        """The next file, and the ones after it while each is small and together they stay within _BATCH_S."""
+        start = end = len(self.answers)
+        total_s, total_bytes = 0.0, 0
+        while end < len(self.files) and end - start < _BATCH_FILES:
+            _, data, estimate_s = self.files[end]
+            if end > start and (estimate_s > _SMALL_FILE_S or total_s + estimate_s > _BATCH_S
+                                or total_bytes + len(data) > _BATCH_BYTES):
+                break
+            total_s, total_bytes, end = total_s + estimate_s, total_bytes + len(data), end + 1
+        files = self.files[start:end]
+        return _Job({**self.header, "files": [{"name": name, "size": len(data)} for name, data, _ in files]},
+                    [data for _, data, _ in files])
+
+
+# Batches: a file estimated under _SMALL_FILE_S goes to the worker with the files after it, up to _BATCH_S of
+# estimated work, _BATCH_FILES files or _BATCH_BYTES (one round trip to the worker costs ~0.1-0.4 ms).
+_SMALL_FILE_S = 0.005
+_BATCH_S = 0.05
+_BATCH_FILES = 64
+_BATCH_BYTES = 4 * 2**20
 
 
 class DecodePool:
@@ -253,51 +308,64 @@ class DecodePool:
                      normalize: bool | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Each upload as a (28, 28) float32 array in [0, 1], stacked, and what preprocessing did to each; the first
         file that cannot be decoded raises its ImageError (the files after it are not decoded)."""
-        account = _Account()
-        options = {"formats": list(limits.formats), "max_pixels": limits.max_pixels, "max_aspect": limits.max_aspect,
-                   "max_buffer_bytes": limits.max_buffer_bytes, "max_jpeg_scans": limits.max_jpeg_scans,
-                   "max_rle_pixels": limits.max_rle_pixels, "invert": invert, "normalize": normalize,
-                   "memory_limit": f"the decode memory limit of {self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB)"}
-        pixels, done = [], []
-        for name, data in uploads:
-            job = _Job({**options, "name": name, "size": len(data)}, data)
-            header, payload = await self._run(account, job, estimated_seconds(data, limits))
-            if not header.get("ok"):
-                if "status" in header:
-                    raise ImageError(header["message"], header["status"])
-                raise DecodeFailure(f"decoding file {name!r} failed: {header.get('crash', 'no detail')}")
-            pixels.append(np.frombuffer(payload, np.float32).reshape(header["shape"]))
-            done.append(header["done"])
-        return np.stack(pixels), done
+        header = {"formats": list(limits.formats), "max_pixels": limits.max_pixels, "max_aspect": limits.max_aspect,
+                  "max_buffer_bytes": limits.max_buffer_bytes, "max_jpeg_scans": limits.max_jpeg_scans,
+                  "max_rle_pixels": limits.max_rle_pixels, "invert": invert, "normalize": normalize,
+                  "memory_limit": f"the decode memory limit of {self.config.memory_mb} MB (VAE_DECODE_MEMORY_MB)"}
+        account = _Account([(name, data, estimated_seconds(data, limits)) for name, data in uploads], header)
+        while len(account.answers) < len(uploads):
+            await self._hold(account)
+            answer, _ = account.answers[-1]
+            if not answer.get("ok"):
+                if "status" in answer:
+                    raise ImageError(answer["message"], answer["status"])
+                name = account.files[len(account.answers) - 1][0]
+                raise DecodeFailure(f"decoding file {name!r} failed: {answer.get('crash', 'no detail')}")
+        pixels = [np.frombuffer(payload, np.float32).reshape(answer["shape"]) for answer, payload in account.answers]
+        return np.stack(pixels), [answer["done"] for answer, _ in account.answers]
 
-    async def _run(self, account: _Account, job: _Job, estimate_s: float) -> tuple[dict[str, Any], bytes]:
-        waiting = self._queue.acquire(account.used_s + estimate_s)
+    async def _hold(self, account: _Account) -> None:
+        """A worker for the request's next batches, until its files are done, one fails or a request with a smaller
+        key waits."""
+        waiting = self._queue.acquire(account.key())
+        if not waiting.done():
+            try:
+                await asyncio.wrap_future(waiting)
+            except asyncio.CancelledError:
+                if not waiting.cancel():  # handed a worker as the request was cancelled: give it back
+                    waiting.add_done_callback(lambda future: self._queue.release(future.result()))
+                raise
+        worker = waiting.result()
+        running = self._threads.submit(self._run_on, worker, account)
         try:
-            worker = await asyncio.wrap_future(waiting)
+            await asyncio.wrap_future(running)
         except asyncio.CancelledError:
-            if not waiting.cancel():  # handed a worker as the request was cancelled: give it back
-                waiting.add_done_callback(lambda future: self._queue.release(future.result()))
-            raise
-        started = time.monotonic()
-        running = self._threads.submit(self._run_on, worker, job)
-        try:
-            return await asyncio.wrap_future(running)
-        except asyncio.CancelledError:
-            if not running.cancel():
-                worker.cancel(job)  # the client left: stop the decode now
-            else:
+            account.cancelled = True
+            if running.cancel():  # never started
                 self._queue.release(worker)
+            elif account.job is not None:
+                worker.cancel(account.job)  # the client left: stop the decode now
             raise
-        finally:
-            account.used_s += time.monotonic() - started
 
-    def _run_on(self, worker: _Worker, job: _Job) -> tuple[dict[str, Any], bytes]:
+    def _run_on(self, worker: _Worker, account: _Account) -> None:
         try:
-            return worker.run(job)
+            while not account.cancelled:
+                account.job = job = account.next_batch()
+                job.cancelled = account.cancelled  # the client may have left since the check above
+                started, answered = time.monotonic(), len(account.answers)
+                try:
+                    worker.run(job, account.answers)
+                finally:
+                    account.used_s += time.monotonic() - started
+                if len(account.answers) == len(account.files) or not account.answers[-1][0].get("ok"):
+                    return
+                if len(account.answers) == answered or self._queue.should_yield(account.key()):
+                    return
         finally:
+            account.job = None
             try:
                 if not self._closed:
-                    worker.start()  # after a kill, the next job should not wait for the restart
+                    worker.start()  # after a kill, the next request should not wait for the restart
             except DecodeFailure:
                 pass
             finally:
@@ -331,11 +399,12 @@ def pool_for(state: Any, settings: Any) -> DecodePool:
 
 # ---- the wire: 4-byte length, JSON header, then header["size"] raw bytes ----
 
-def _write_frame(process: subprocess.Popen, header: dict[str, Any], payload: bytes) -> None:
-    text = json.dumps({**header, "size": len(payload)}).encode()
+def _write_frame(process: subprocess.Popen, header: dict[str, Any], payloads: list[bytes]) -> None:
+    text = json.dumps({**header, "size": sum(map(len, payloads))}).encode()
     stream = process.stdin
     stream.write(_LENGTH.pack(len(text)) + text)
-    stream.write(payload)
+    for payload in payloads:
+        stream.write(payload)
     stream.flush()
 
 
@@ -366,27 +435,27 @@ def _read_frame(process: subprocess.Popen, deadline: float) -> tuple[dict[str, A
     if text is None:
         return None
     header = json.loads(text)
-    payload = _read_exact(fd, int(header.get("size", 0)), deadline)
-    if payload is None or not isinstance(header, dict):
+    if not isinstance(header, dict) or not 0 <= int(header.get("size", 0)) <= 1 << 20:
         return None
-    return header, payload
+    payload = _read_exact(fd, int(header.get("size", 0)), deadline)
+    return None if payload is None else (header, payload)
 
 
 # ---- the worker process ----
 
-def _decode_job(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+def _decode_file(options: dict[str, Any], name: str, data: bytes) -> tuple[dict[str, Any], bytes]:
     from service.api.v1.decoding import decode_gray
     from service.api.v1.preprocess import preprocess
 
-    limits = DecodeLimits(tuple(header["formats"]), header["max_pixels"], header["max_aspect"],
-                          header["max_buffer_bytes"], header["max_jpeg_scans"], header["max_rle_pixels"],
-                          header["memory_limit"])
-    gray = decode_gray(data, header["name"], limits)
+    limits = DecodeLimits(tuple(options["formats"]), options["max_pixels"], options["max_aspect"],
+                          options["max_buffer_bytes"], options["max_jpeg_scans"], options["max_rle_pixels"],
+                          options["memory_limit"])
+    gray = decode_gray(data, name, limits)
     try:
-        pixels, done = preprocess(np.asarray(gray, np.float32) / 255.0, header["invert"], header["normalize"])
+        pixels, done = preprocess(np.asarray(gray, np.float32) / 255.0, options["invert"], options["normalize"])
     except ImageError as err:  # say which file, in a request of many
-        named = repr(header["name"]) in str(err)
-        raise ImageError(str(err) if named else f"file {header['name']!r}: {err}", err.status) from None
+        named = repr(name) in str(err)
+        raise ImageError(str(err) if named else f"file {name!r}: {err}", err.status) from None
     pixels = np.ascontiguousarray(pixels, np.float32)
     return {"ok": True, "shape": list(pixels.shape), "done": done}, pixels.tobytes()
 
@@ -427,22 +496,25 @@ def _worker_main(memory_mb: int, cpu_s: float) -> None:
         if len(length) < _LENGTH.size:
             return  # the service closed the pipe
         header = json.loads(inbox.read(_LENGTH.unpack(length)[0]))
-        data = inbox.read(header["size"])
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_s)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
-        try:
-            answer, payload = _decode_job(header, data)
-        except ImageError as err:
-            answer, payload = {"ok": False, "status": err.status, "message": str(err)}, b""
-        except MemoryError:
-            answer, payload = {"ok": False, "status": 413, "restart": True,
-                               "message": f"file {header['name']!r} needs more memory to decode than the decode "
-                                          f"memory limit of {memory_mb} MB (VAE_DECODE_MEMORY_MB)"}, b""
-        except Exception:
-            answer, payload = {"ok": False, "crash": traceback.format_exc(limit=8)[-4000:]}, b""
-        del data
-        send(answer, payload)
+        files = [(entry["name"], inbox.read(entry["size"])) for entry in header["files"]]
+        for name, data in files:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_s)
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+            try:
+                answer, payload = _decode_file(header, name, data)
+            except ImageError as err:
+                answer, payload = {"ok": False, "status": err.status, "message": str(err)}, b""
+            except MemoryError:
+                answer, payload = {"ok": False, "status": 413, "restart": True,
+                                   "message": f"file {name!r} needs more memory to decode than the decode memory "
+                                              f"limit of {memory_mb} MB (VAE_DECODE_MEMORY_MB)"}, b""
+            except Exception:
+                answer, payload = {"ok": False, "crash": traceback.format_exc(limit=8)[-4000:]}, b""
+            send(answer, payload)
+            if not answer["ok"]:
+                break
+        del files
 
 
 def _vm_size() -> int:

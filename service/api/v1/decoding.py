@@ -128,6 +128,7 @@ def _unidentified(data: bytes, name: str, formats: tuple[str, ...]) -> str:
 # preprocessing, Pillow's pure-Python RLE decoder per pixel): used to order the decode queue, not to refuse anything.
 _SECONDS_PER_PIXEL = {"RLE": 4e-7, None: 1e-7}
 _SECONDS_PER_BYTE = 1e-8
+_SECONDS_PER_FILE = 5e-4  # a 28x28 PNG's decoding and preprocessing
 _MAX_SNIFF_STEPS = 1_000
 
 
@@ -142,7 +143,8 @@ def estimated_seconds(data: bytes, limits: DecodeLimits) -> float:
         pixels, kind = limits.max_pixels, None
     if kind == "JPEG":  # decoded at 1/8 scale or so by its draft (a progressive one still walks every block)
         pixels, kind = pixels // 16, None
-    return pixels * _SECONDS_PER_PIXEL.get(kind, _SECONDS_PER_PIXEL[None]) + len(data) * _SECONDS_PER_BYTE
+    return (_SECONDS_PER_FILE + pixels * _SECONDS_PER_PIXEL.get(kind, _SECONDS_PER_PIXEL[None])
+            + len(data) * _SECONDS_PER_BYTE)
 
 
 def _declared(data: bytes) -> tuple[int | None, str | None]:
