@@ -14,9 +14,11 @@ batch size the batcher reached. The `protocols` part compares single-image encod
 and as KServe v2 binary tensors (`/v2/models/mnist_vae/infer`, as tritonclient sends them), and, with `grpc_v2` in
 --protocols, as gRPC ModelInfer with raw_input_contents (tritonclient.grpc's request) on the same server's gRPC port,
 in alternating runs, at concurrency 64 and 1; each concurrency-64 run is followed at once by the ceiling at its own
-mean batch and at batch 64 (a shared VM drifts within minutes). The gRPC load generator is of the same kind as the
-HTTP one: pre-built request bytes in, response bytes out unparsed (grpc.aio with identity serializers, `concurrency`
-calls in flight over --grpc-channels connections); each run reports the client's own CPU seconds.
+mean batch and at batch 64 (a shared VM drifts within minutes). The gRPC load generator is the HTTP/1.1 one's twin:
+pre-encoded HTTP/2 frames (HPACK literals, the gRPC length prefix, the serialized ModelInferRequest) over raw asyncio
+streams, one connection per caller with one call in flight, answers read as frames and not parsed (a call with a
+message is a success: this server sends none with an error status); --grpc-client aio uses grpc.aio instead (about
+four times the client CPU). Each run reports the client's own CPU seconds.
 """
 
 import argparse
@@ -164,6 +166,134 @@ def grpc_encode_requests(model: str = "mnist_vae") -> list[bytes]:
     return requests
 
 
+# A gRPC client over raw asyncio streams, the HTTP/1.1 client's twin: pre-encoded HTTP/2 frames out, frames read back
+# with no parsing beyond their 9-byte headers. One connection per caller and one call in flight on it, as the
+# HTTP/1.1 client keeps one request in flight per connection.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+H2_END_STREAM, H2_ACK, H2_END_HEADERS = 0x1, 0x1, 0x4
+H2_MAX_WINDOW = 2**31 - 1
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_literal(name: str, value: str) -> bytes:
+    """A header as an HPACK literal without indexing, new name (every length under 127)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+class H2Caller:
+    """One HTTP/2 connection making unary gRPC calls one at a time (stream 1, 3, 5, ...)."""
+
+    def __init__(self, host: str, port: int, path: str):
+        self.address = (host, port)
+        self.block = b"".join(hpack_literal(name, value) for name, value in (
+            (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", f"{host}:{port}"),
+            ("content-type", "application/grpc"), ("te", "trailers")))
+        self.reader = self.writer = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(*self.address)
+        self.stream, self.window, self.stream_window = 1, 65535, 65535
+        # Our receive windows as large as HTTP/2 allows, so the server never waits for a WINDOW_UPDATE from us.
+        settings = (4).to_bytes(2, "big") + H2_MAX_WINDOW.to_bytes(4, "big") + (2).to_bytes(2, "big") + bytes(4)
+        self.writer.write(H2_PREFACE + h2_frame(H2_SETTINGS, 0, 0, settings)
+                          + h2_frame(H2_WINDOW_UPDATE, 0, 0, (H2_MAX_WINDOW - 65535).to_bytes(4, "big")))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    async def call(self, message: bytes) -> bool:
+        """One call: whether the answer carried a message (our server sends none with an error status)."""
+        if self.writer is None:
+            await self.open()
+        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        while self.window < len(body):  # the server's connection window (it sends WINDOW_UPDATEs as it reads)
+            await self._frame(None)
+        stream = self.stream
+        self.stream += 2
+        self.window -= len(body)
+        self.writer.write(h2_frame(H2_HEADERS, H2_END_HEADERS, stream, self.block)
+                          + h2_frame(H2_DATA, H2_END_STREAM, stream, body))
+        got_message = False
+        while True:
+            kind, flags = await self._frame(stream)
+            if kind == H2_DATA:
+                got_message = True
+            if kind in (H2_DATA, H2_HEADERS) and flags & H2_END_STREAM:
+                return got_message
+            if kind == H2_RST_STREAM:
+                return False
+
+    async def _frame(self, stream: int | None) -> tuple[int, int]:
+        """Read one frame, answer what the connection needs (SETTINGS and PING acks, windows); (type, flags) of a
+        frame on `stream`, else (-1, 0)."""
+        head = await self.reader.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        on = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await self.reader.readexactly(length) if length else b""
+        if kind == H2_SETTINGS and not flags & H2_ACK:
+            for i in range(0, len(payload), 6):
+                if int.from_bytes(payload[i:i + 2], "big") == 4:  # SETTINGS_INITIAL_WINDOW_SIZE
+                    self.stream_window = int.from_bytes(payload[i + 2:i + 6], "big")
+            self.writer.write(h2_frame(H2_SETTINGS, H2_ACK, 0))
+        elif kind == H2_PING and not flags & H2_ACK:
+            self.writer.write(h2_frame(H2_PING, H2_ACK, 0, payload))
+        elif kind == H2_WINDOW_UPDATE and on == 0:
+            self.window += int.from_bytes(payload, "big") & 0x7FFFFFFF
+        elif kind == H2_GOAWAY:
+            raise ConnectionResetError("GOAWAY")
+        return (kind, flags) if on == stream and stream is not None else (-1, 0)
+
+
+async def drive_h2(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float,
+                   path: str = "/inference.GRPCInferenceService/ModelInfer") -> dict:
+    """drive() for unary gRPC calls over raw HTTP/2 (H2Caller): `concurrency` connections, one call in flight each."""
+    clock = time.perf_counter
+    start = clock() + warmup
+    stop = start + duration
+    latencies, statuses, failures = [], Counter(), Counter()
+    sent = answered = 0
+
+    async def client(index: int) -> None:
+        nonlocal sent, answered
+        caller = H2Caller(host, port, path)
+        count = 0
+        while clock() < stop:
+            try:
+                request = make_request(index, count)
+                count += 1
+                t0 = clock()
+                sent += 1
+                ok = await caller.call(request)
+                answered += 1
+                t1 = clock()
+                if start <= t1 <= stop:
+                    statuses["OK" if ok else "error"] += 1
+                    if ok:
+                        latencies.append(t1 - t0)
+            except (OSError, asyncio.IncompleteReadError) as err:
+                failures[type(err).__name__] += 1
+                caller.close()
+        caller.close()
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    ok = statuses.get("OK", 0)
+    return {
+        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": sum(n for s, n in statuses.items() if s != "OK") + sum(failures.values()),
+        "statuses": dict(sorted(statuses.items())), "connection_failures": dict(failures),
+        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()),
+    }
+
+
 async def drive_grpc(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float,
                      channels: int = 1) -> dict:
     """drive() for gRPC ModelInfer: `concurrency` callers, each one call at a time, over `channels` connections."""
@@ -306,9 +436,12 @@ def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float
 def run_scenario(server: Server, make_request, concurrency: int, args, signature: str, grpc: bool = False) -> dict:
     before, cpu_before = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
     client_before = time.process_time()  # this process is the load generator alone
-    if grpc:
+    if grpc and args.grpc_client == "aio":
         result = run_async(drive_grpc("127.0.0.1", server.grpc_port, make_request, concurrency, args.warmup,
                                       args.duration, args.grpc_channels))
+    elif grpc:
+        result = run_async(drive_h2("127.0.0.1", server.grpc_port, make_request, concurrency, args.warmup,
+                                    args.duration))
     else:
         result = run_async(drive("127.0.0.1", server.port, make_request, concurrency, args.warmup, args.duration))
     result["client_cpu_s"] = round(time.process_time() - client_before, 2)  # over the warm-up too
@@ -476,8 +609,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating JSON/v2 rounds of the protocols part")
     parser.add_argument("--protocols", default="json,v2_binary",
                         help="the protocols part's request kinds, alternated: json, v2_binary, grpc_v2")
+    parser.add_argument("--grpc-client", choices=["h2", "aio"], default="h2",
+                        help="grpc_v2's load generator: raw HTTP/2 frames over asyncio streams, one connection per "
+                        "caller (h2: the HTTP/1.1 generator's twin in kind and cost), or grpc.aio (aio)")
     parser.add_argument("--grpc-channels", type=int, default=1,
-                        help="gRPC connections the grpc_v2 load generator spreads its calls over")
+                        help="with --grpc-client aio: the connections its calls are spread over")
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
     args = parser.parse_args()
     if args.only == "protocols":
