@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from service.api import grpc as grpc_servers
@@ -74,27 +73,6 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     app.add_middleware(VersionHeaderMiddleware)  # innermost: ends the request's version lease when it answers
     open_paths = OPEN_PATHS | (playground.PAGE_PATHS if settings.playground else frozenset())
     install_middleware(app, settings, metrics, open_paths)
-    app.openapi = lambda: _openapi_with_version_parameter(app)
     install_error_handlers(app, settings.retry_after_s, [(v2.belongs, v2.STATUS), (tfserving.belongs, tfserving.STATUS),
                                                          (lambda path: True, v1_errors.STATUS)])
     return app
-
-
-def _openapi_with_version_parameter(app: FastAPI) -> dict:
-    """Document the `version` query parameter on every model route (routes read it themselves, see deps)."""
-    if app.openapi_schema is None:
-        schema = FastAPI.openapi(app)  # FastAPI's own schema, cached in app.openapi_schema and changed in place
-        parameter = {"name": "version", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1},
-                     "description": "Model version to answer with (404 if not loaded); absent: the newest served. "
-                                    "The answer's X-Model-Version header names the version that answered."}
-        for route in app.routes:
-            if "model" in getattr(route, "tags", ()) and isinstance(route, APIRoute):
-                for method in route.methods:
-                    operation = schema["paths"].get(route.path_format, {}).get(method.lower())
-                    if operation is not None and "{version}" not in route.path_format:
-                        parameters = operation.setdefault("parameters", [])
-                        if all(p["name"] != "version" for p in parameters):
-                            parameters.append(parameter)
-        app.openapi_schema = schema
-    return app.openapi_schema

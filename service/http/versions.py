@@ -5,12 +5,24 @@ while a request holds it, and VersionHeaderMiddleware sends `X-Model-Version` an
 done."""
 
 from fastapi import HTTPException, Request
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import contract
+from service.http.openapi import query_parameters
 from service.serving.dataplane import DataPlane
 from service.serving.registry import Serving
 
+
+class VersionOption(BaseModel):
+    """The `version` query parameter, read by ready_serving: for the routes' OpenAPI documentation."""
+
+    version: int | None = Field(None, ge=1, description=(
+        "Model version to answer with (404 if not loaded); absent: the newest served. The answer's X-Model-Version "
+        "header names the version that answered."))
+
+
+VERSION_PARAMETERS = query_parameters(VersionOption)
 LEASE = "vae.model_version"  # scope key: the registry's Version record the request uses
 NAMED = "vae.version_named"  # scope key: whether the request named its version (URL or path)
 

@@ -8,7 +8,7 @@ from service.api.ops import schemas
 from service.http.errors import Problem
 from service.http.responses import json_response
 from service.http.routing import DirectRoute
-from service.http.versions import ready_serving
+from service.http.versions import VERSION_PARAMETERS, ready_serving
 from service.serving.errors import NotReady
 from service.serving.registry import UnknownModelError, status_document
 
@@ -25,7 +25,8 @@ def _public_training(training: dict | None) -> dict | None:
             if key not in LOCAL_PATH_KEYS and not key.endswith(("_dir", "_path", "_file"))}
 
 
-@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": Problem}})
+@router.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, responses={503: {"model": Problem}},
+            openapi_extra={"parameters": VERSION_PARAMETERS})
 async def model_info(request: Request) -> Response:
     """Metadata of the served model, the device TensorFlow runs on, and the batching settings."""
     serving = ready_serving(request)

@@ -6,17 +6,19 @@
   ends it with SIGXCPU `cpu_s` seconds into a file). The service kills a worker whose file passes `timeout_s` of
   wall-clock time, or whose request was cancelled (the client left), and starts another. These are the backstop for
   what service.api.v1.decoding's header checks do not foresee: any file that breaks one is a 4xx naming the bound.
-- Fairness: each file is one job; a request has at most one job in the workers at a time, and a free worker goes to
-  the waiting request whose worker time so far plus its next file's estimated time is least (ties: the first to
-  ask). The estimate is read from the file's header without Pillow (decoding.estimated_seconds: the declared pixels,
-  the costliest guess for a header it cannot read quickly). A small upload therefore waits for at most one running
-  job per worker to end, however many files other requests have queued and however many such requests arrived just
-  before it: measured by bench/abuse.py's fairness section.
-- Messages are a 4-byte length, a JSON header and raw bytes (the file, or the (28, 28) float32 pixels): nothing the
-  worker sends is unpickled by the service.
+- Fairness: a request has at most one worker at a time, and a free worker goes to the waiting request whose worker
+  time so far plus its next file's estimated time is least (ties: the first to ask). The estimate is read from the
+  file's header without Pillow (decoding.estimated_seconds: the declared pixels; the costliest guess for a header it
+  cannot read quickly). A worker takes a request's files in batches (one file, or consecutive small files up to
+  ~50 ms of estimated work) and answers file by file; between batches the request keeps it unless a request with a
+  smaller key waits. A small upload therefore waits for at most one running batch per worker to end, however many
+  files other requests have queued and however many such requests arrived just before it (bench/abuse.py's
+  fairness section measures it).
+- Messages are a 4-byte length, a JSON header and raw bytes (the batch's files, or one file's (28, 28) float32
+  pixels): nothing the worker sends is unpickled by the service.
 
-The pool is thread-based on the service's side (a thread per running job, blocked on the worker's pipe), so it serves
-any event loop, and its workers outlive none of it: a worker exits when its pipe closes."""
+The pool is thread-based on the service's side (a thread per held worker, blocked on its pipe), so it serves any
+event loop; a worker exits when its pipe closes, so none outlives the service."""
 
 import asyncio
 import atexit
@@ -53,6 +55,8 @@ _WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 
 @dataclass(frozen=True)
 class PoolConfig:
+    """The settings decode_workers, decode_memory_mb, decode_cpu_s and decode_timeout_s (see pool_for)."""
+
     workers: int = 2
     memory_mb: int = 192  # address space a worker may add to its own after its imports
     cpu_s: float = 2.0  # CPU time per file

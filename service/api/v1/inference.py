@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from service.api.v1 import schemas
 from service.api.v1.payloads import json_array, read_images, read_json
 from service.api.v1.png import rows_png
-from service.api.v1.posterior import posterior_options, with_posterior_options
+from service.api.v1.query import PosteriorOptions, read_query
 from service.api.v1.responses import (
     Format,
     Output,
@@ -19,8 +19,9 @@ from service.api.v1.responses import (
     json_response,
     wants_png,
 )
+from service.http.openapi import query_parameters
 from service.http.routing import DirectRoute
-from service.http.versions import cache_control, ready_serving
+from service.http.versions import VERSION_PARAMETERS, cache_control, ready_serving
 from service.serving import dataplane
 
 router = APIRouter(prefix="/v1", tags=["model"], route_class=DirectRoute)
@@ -32,12 +33,12 @@ IMAGES_TO_IMAGES_RESPONSES = {200: {"content": schemas.PNG, "headers": schemas.P
 
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
-             openapi_extra=with_posterior_options(schemas.images_request_body()))
+             openapi_extra=schemas.images_request_body(query_parameters(PosteriorOptions)))
 async def encode(request: Request) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril; with `samples=k`, also k draws per image
     from q(z|x) (`samples`, shaped (B, k, d)) and the `seed` they came from."""
     serving = ready_serving(request)
-    posterior = posterior_options(request, serving)
+    posterior = read_query(PosteriorOptions, request).draw()
     batch = await read_images(request, serving.settings)
     images = batch.images
     if posterior:
@@ -62,12 +63,12 @@ async def decode(request: Request, output: OutputQuery = "mode", format: FormatQ
 
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGES_TO_IMAGES_RESPONSES,
-             openapi_extra=with_posterior_options(schemas.images_request_body()))
+             openapi_extra=schemas.images_request_body(query_parameters(PosteriorOptions)))
 async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means. With `samples=k`, decode k
     draws per image from q(z|x) instead: a PNG with a row per image, or JSON `images` (B, k, 28, 28), `samples`."""
     serving = ready_serving(request)
-    posterior = posterior_options(request, serving)
+    posterior = read_query(PosteriorOptions, request).draw()
     png = wants_png(request, format)
     batch = await read_images(request, serving.settings, png=png)
     if posterior:
@@ -77,7 +78,8 @@ async def reconstruct(request: Request, output: OutputQuery = "mode", format: Fo
     return images_response(request, format, out[output], fields, batch.png_headers() if png else None)
 
 
-@router.get("/samples", response_model=schemas.Samples, responses={**IMAGE_RESPONSES, 304: {"description": "ETag"}})
+@router.get("/samples", response_model=schemas.Samples, responses={**IMAGE_RESPONSES, 304: {"description": "ETag"}},
+            openapi_extra={"parameters": VERSION_PARAMETERS})
 async def samples(request: Request,
                   n: Annotated[int, Query(description="How many digits.", examples=[16])] = 16,
                   seed: Annotated[int | None, Query(ge=0, lt=2**63, description="Same seed, same bytes; absent: "

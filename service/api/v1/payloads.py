@@ -8,17 +8,15 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import HTTPException, Request
-from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 
 from service.api.v1.decode_pool import pool_for
 from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray
 from service.api.v1.preprocess import SIDE, preprocess
+from service.api.v1.query import UploadOptions, read_query
 from service.http.bodies import off_loop_if_large, parse_json, read_body
 from service.serving.errors import LimitExceeded
 from service.settings import Settings
-
-_FLAG = TypeAdapter(bool)
 
 
 def media_type(request: Request) -> str:
@@ -81,23 +79,6 @@ def _has_booleans(value: list) -> bool:
     return b"true" in dumped or b"false" in dumped
 
 
-def query_flag(request: Request, name: str, *, auto: bool = False) -> bool | None:
-    """A boolean query parameter (parsed as FastAPI would: true/false, 1/0, yes/no, on/off), None when absent, and
-    with `auto`, None for the value auto too.
-
-    Read here rather than declared on the route: FastAPI's parameter handling cost about 10 us per declared
-    parameter per request, an eighth of the event loop's time per encode request under load."""
-    value = request.query_params.get(name)
-    if value is None or (auto and value.lower() == "auto"):
-        return None
-    try:
-        return _FLAG.validate_python(value)
-    except ValidationError:
-        accepted = "auto or a boolean" if auto else "a boolean"
-        detail = f"query.{name}: must be {accepted} (true/false, 1/0, yes/no, on/off), got {value!r}"
-        raise HTTPException(422, detail) from None
-
-
 MAX_FIELD_BYTES = 64 * 1024  # a form field that is not a file (uploads are bounded by the body's size only)
 
 
@@ -130,8 +111,8 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
     Uploads follow the query parameters invert and normalize (each auto, true or false; absent: auto, see
     service.api.v1.preprocess.preprocess). include_input=true asks for the model inputs in the answer, which a PNG
     answer (`png`) has no room for: refused with 422 before any work is done."""
-    invert, normalize = query_flag(request, "invert", auto=True), query_flag(request, "normalize", auto=True)
-    include_input = query_flag(request, "include_input") or False
+    options = read_query(UploadOptions, request)
+    invert, normalize, include_input = options.invert, options.normalize, options.include_input
     if include_input and png:
         raise HTTPException(422, "include_input=true needs a JSON answer (format=json): a PNG has no room for inputs")
     kind = media_type(request)

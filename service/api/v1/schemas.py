@@ -5,7 +5,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.api.v1.query import UploadOptions
 from service.http.errors import Problem
+from service.http.openapi import query_parameters
+from service.http.versions import VERSION_PARAMETERS
 
 BLANK_DIGIT = [[0.0] * 28 for _ in range(28)]
 LATENT_EXAMPLE = [0.1, -0.4, 1.2, 0.0, -0.8, 0.3, 0.5, -1.1, 0.9, 0.2, -0.3, 0.7, -0.6, 0.4, 1.0, -0.2]
@@ -79,27 +82,11 @@ PREPROCESSING_HEADER = {"X-Preprocessing": {
     "schema": {"type": "string"}}}
 
 
-AUTO_OR_BOOLEAN = {"type": "string", "enum": ["auto", "true", "false"], "default": "auto"}
-UPLOAD_OPTIONS = [
-    {"name": "invert", "in": "query", "required": False, "schema": AUTO_OR_BOOLEAN,
-     "description": "Invert uploads (dark ink on light paper becomes the white-on-black digit the model knows). "
-                    "auto: when the outermost ring of pixels is light (mean above 0.5)."},
-    {"name": "normalize", "in": "query", "required": False, "schema": AUTO_OR_BOOLEAN,
-     "description": "MNIST's own preprocessing: crop to the digit, fit it into 20x20, put its centre of mass at the "
-                    "centre of 28x28. false: only fit the whole image into 28x28. auto: normalise every upload "
-                    "except a 28x28 one that already looks like an MNIST digit (dark background, a digit box of "
-                    "16-21 pixels centred within 4.5, centre of mass within 1 pixel of MNIST's, 2-40% ink), which "
-                    "passes through untouched: all 10,000 MNIST test digits do. JSON arrays are never preprocessed."},
-    {"name": "include_input", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
-     "description": "Also answer with `inputs`: each image exactly as the model saw it, 28x28 in [0, 1] after "
-                    "preprocessing (JSON answers only)."},
-]
-
-
-def images_request_body() -> dict[str, Any]:
+def images_request_body(more_parameters: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """openapi_extra for routes that read images (and the upload options) themselves: JSON arrays or multipart
     uploads."""
-    return {"parameters": UPLOAD_OPTIONS, "requestBody": {"required": True, "content": {
+    parameters = [*query_parameters(UploadOptions), *VERSION_PARAMETERS, *more_parameters]
+    return {"parameters": parameters, "requestBody": {"required": True, "content": {
         "application/json": {"schema": ImagesBody.model_json_schema()},
         "multipart/form-data": MULTIPART_IMAGES,
     }}}
@@ -107,4 +94,4 @@ def images_request_body() -> dict[str, Any]:
 
 def latents_request_body() -> dict[str, Any]:
     content = {"application/json": {"schema": LatentsBody.model_json_schema()}}
-    return {"requestBody": {"required": True, "content": content}}
+    return {"parameters": VERSION_PARAMETERS, "requestBody": {"required": True, "content": content}}
