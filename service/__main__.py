@@ -78,7 +78,7 @@ def main() -> None:
     import uvicorn  # after the port check: importing TensorFlow takes seconds
 
     from service.app import create_app
-    from service.http.server import uvicorn_config
+    from service.http.server import serve_metrics, uvicorn_config
     from service.process import ProcessTuning
 
     try:
@@ -89,6 +89,11 @@ def main() -> None:
         app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM), tuning=tuning)
     except Exception as err:  # e.g. an unreadable API key file
         fail(str(err), err)
+    if settings.metrics_port:
+        try:
+            serve_metrics(settings, app.state.metrics)
+        except OSError as err:
+            fail(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {err.strerror or err}", err)
     failures: list[BaseException] = []
     try:
         config = uvicorn_config(_startup_failures_to(failures, app), settings, log_config=None)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5, gt=0, description="Idle keep-alive connections are closed after this.")
     max_connections: int = Field(1000, gt=0, description="Open connections; requests on more get 503.")
 
+    metrics_port: int = Field(0, ge=0, le=65535, description="Also serve the Prometheus metrics on this port, with no "
+                              "API key (as Triton's 8002; the Docker image sets 8002); 0: only /metrics on the API "
+                              "port.")
     api_keys: SecretStr | None = Field(None, description="Comma-separated keys; when set (or api_keys_file), model "
                                        "routes and /metrics need `Authorization: Bearer <key>`.")
     api_keys_file: Path | None = Field(None, description="File with one API key per line (# comments allowed).")

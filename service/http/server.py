@@ -14,11 +14,13 @@ import importlib.metadata
 import logging
 import socket
 
+import prometheus_client
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.http.metrics import CLIENT_GONE
 from service.http.middleware import BODY_RECEIVED, HANDLER, OPEN_CONNECTIONS
+from service.serving.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def serve_metrics(settings: Settings, metrics: Metrics) -> None:
+    """Prometheus metrics on their own port (VAE_METRICS_PORT), as Triton serves them: no API key there, so a
+    scraper needs none (keep the port inside the cluster); /metrics on the API port stays behind the key. A thread of
+    prometheus_client's own HTTP server."""
+    prometheus_client.start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
 
 
 def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
