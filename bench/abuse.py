@@ -1,8 +1,9 @@
 """Abuse benchmark: `python -m service` in a subprocess, attacked five ways; prints JSON (and writes --out).
 
-1. heavy uploads: for every accepted format (multipart) and for JSON arrays, six concurrent worst-case requests
-   (each file at the pixel limit; a JPEG far over it, accepted through its draft decode; the JSON body at the size
-   limit), while /readyz is polled: RSS growth over the idle server and /readyz's worst latency.
+1. heavy uploads: for every accepted format (multipart) and for JSON arrays, six (--heavy-concurrency) concurrent
+   worst-case requests (each file at the pixel limit; a JPEG far over it, accepted through its draft decode; the
+   JSON body at the size limit), while /readyz is polled: RSS growth over the idle server and /readyz's worst
+   latency.
 2. slow clients: N connections that trickle their headers a byte a second, while a well-behaved client encodes
    digits: its success rate and latency, and how soon the server closed the slow connections.
 3. overload: 256 concurrent clients against a small queue (VAE_QUEUE_MAX): only 200 and 503 + Retry-After, every
@@ -143,17 +144,18 @@ def json_body() -> bytes:
     return body[:MAX_BODY] if len(body) <= MAX_BODY else json.dumps({"images": np.round(images, 6).tolist()}).encode()
 
 
-async def heavy_uploads(url: str, pid: int, per_request: int) -> dict:
+async def heavy_uploads(url: str, pid: int, per_request: int, concurrency: int = 6) -> dict:
     kinds = {f"multipart {format}": ("files", multipart_files(format, per_request)) for format in FORMATS}
     kinds["json arrays"] = ("json", json_body())
     results = {}
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         for name, (kind, payload) in kinds.items():
-            results[name] = await six_uploads(client, url, pid, kind, payload)
+            results[name] = await concurrent_uploads(client, url, pid, kind, payload, concurrency)
     return results
 
 
-async def six_uploads(client: httpx.AsyncClient, url: str, pid: int, kind: str, payload) -> dict:
+async def concurrent_uploads(client: httpx.AsyncClient, url: str, pid: int, kind: str, payload,
+                             concurrency: int) -> dict:
     base = rss_mb(pid)
     peak, worst_ready, statuses = base, 0.0, []
     stop = asyncio.Event()
@@ -181,7 +183,7 @@ async def six_uploads(client: httpx.AsyncClient, url: str, pid: int, kind: str, 
 
     poller = asyncio.create_task(poll())
     start = time.perf_counter()
-    await asyncio.gather(*(upload() for _ in range(6)))
+    await asyncio.gather(*(upload() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     stop.set()
     await poller
@@ -395,6 +397,7 @@ async def fairness(url: str, pid: int, concurrency: int, seconds: float) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files-per-request", type=int, default=8, help="worst-case files per multipart request")
+    parser.add_argument("--heavy-concurrency", type=int, default=6, help="concurrent heavy upload requests")
     parser.add_argument("--slow-connections", type=int, default=500)
     parser.add_argument("--slow-seconds", type=float, default=14, help="attack length (header timeout: 10 s)")
     parser.add_argument("--overload-seconds", type=float, default=8)
@@ -415,7 +418,8 @@ def main() -> None:
                               "repo": str(args.repo), "rss_idle_mb": round(rss_mb(process.pid)),
                               "processes": len(tree_pids(process.pid))}}
         if "heavy" in only:
-            results["heavy_uploads"] = asyncio.run(heavy_uploads(url, process.pid, args.files_per_request))
+            results["heavy_uploads"] = asyncio.run(heavy_uploads(url, process.pid, args.files_per_request,
+                                                                 args.heavy_concurrency))
             uploads = results["heavy_uploads"].values()
             results["heavy_uploads_summary"] = {"rss_growth_mb_max": max(r["rss_growth_mb"] for r in uploads),
                                                 "readyz_worst_ms": max(r["readyz_worst_ms"] for r in uploads)}
