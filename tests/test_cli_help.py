@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts other processes or drives a browser
+
 REPO = Path(__file__).resolve().parents[1]
 
 

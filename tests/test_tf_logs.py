@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # starts other processes
 
 # Quiets the logs, imports TensorFlow and runs an op (TensorFlow logs at INFO while it sets up), writes a line like a
 # real TensorFlow error, then dies without flushing or cleaning up.

@@ -14,10 +14,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service.http.responses import json_response
-from service.serving.errors import ServingError
+from service.serving.errors import (
+    DeadlineExceededError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    Unsupported,
+)
 
 STANDARD_PROTOCOL_PREFIXES = ("/v2/", "/v1/models/")
 StatusTable = Mapping[type[ServingError], int]
+# The serving layer's errors as the tensor protocols' REST APIs (KServe v2, TF Serving) answer them: every bad input
+# is a 400, as their servers answer.
+TENSOR_PROTOCOL_STATUS: StatusTable = {InvalidInput: 400, NotFound: 404, Unsupported: 400, NotReady: 503,
+                                       Overloaded: 503, DeadlineExceededError: 504, ServingError: 500}
 
 
 def uses_error_key(path: str) -> bool:

@@ -15,6 +15,8 @@ from PIL import Image
 from service.api.v1.decoding import DecodeLimits
 from service.api.v1.payloads import load_image
 
+pytestmark = pytest.mark.slow  # starts other processes or drives a browser
+
 FIXTURES = Path(__file__).parents[1] / "service" / "fixtures"
 SEVEN = FIXTURES / "mnist_test_0_label_7.png"
 # The drawn 7's reconstruction correlates 0.99 with what the model saw; the fixture 7 against the 7 other MNIST

@@ -9,6 +9,8 @@ from service.api.playground.routes import ASSETS, PAGE_PATHS, STATIC_DIR
 from service.app import create_app
 from service.settings import Settings
 
+pytestmark = pytest.mark.slow  # starts other processes or drives a browser
+
 PAGE_FILES = sorted(STATIC_DIR.iterdir())
 # Routes the page calls only when the service has them (it reads /openapi.json and hides their panels otherwise).
 OPTIONAL_ROUTES = {"/v1/score", "/v1/interpolate"}

@@ -10,27 +10,16 @@ from fastapi import APIRouter, Request, Response
 import contract
 from service.api.kserve_v2 import codec as v2
 from service.http.bodies import inflate, off_loop_if_large, read_body
-from service.http.errors import ProtocolError
+from service.http.errors import TENSOR_PROTOCOL_STATUS, ProtocolError
 from service.http.routing import DirectRoute
 from service.http.versions import ready_serving
 from service.serving import dataplane
-from service.serving.errors import (
-    DeadlineExceededError,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    ServingError,
-    Unsupported,
-)
 from service.serving.model import VaeModel
 from service.serving.registry import Serving
 from service.serving.signatures import SignatureSpec, signature_specs
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], route_class=DirectRoute)
-# The serving layer's errors as this protocol answers them ({"error": message}).
-STATUS = {InvalidInput: 400, NotFound: 404, Unsupported: 400, NotReady: 503, Overloaded: 503,
-          DeadlineExceededError: 504, ServingError: 500}
+STATUS = TENSOR_PROTOCOL_STATUS  # the serving layer's errors as this protocol answers them ({"error": message})
 
 
 def belongs(path: str) -> bool:

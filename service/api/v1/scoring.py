@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
+from contract.likelihood import log_ratio, ratio_outlier, ratio_percentiles
 from service.api.v1 import schemas
 from service.api.v1.payloads import json_array, read_images, read_json
 from service.api.v1.png import rows_png
@@ -16,7 +17,6 @@ from service.http.routing import DirectRoute
 from service.http.versions import ready_serving
 from service.serving import dataplane
 from service.serving.dataplane import MAX_SEED
-from service.serving.likelihood_ratio import log_ratio, ratio_outlier, ratio_percentiles
 from service.serving.registry import Serving
 
 router = APIRouter(prefix="/v1", tags=["density"], route_class=DirectRoute)

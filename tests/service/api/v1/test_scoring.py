@@ -10,14 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from contract.likelihood import background_log_prob, ratio_outlier, ratio_percentiles
 from service.api.v1.scoring import is_outlier, percentiles
 from service.app import create_app
 from service.serving.batcher import keyed, same_key
 from service.serving.latents import interpolate, posterior_samples
-from service.serving.likelihood_ratio import background_log_prob, ratio_outlier, ratio_percentiles
 from service.settings import REPO_ROOT, Settings
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 V1, V2 = (REPO_ROOT / "models" / "mnist_vae" / str(version) for version in (1, 2))
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from service.settings import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # starts other processes or drives a browser
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -17,6 +17,8 @@ from PIL import Image
 from service.settings import REPO_ROOT
 from tests.service.drawing import draw_digit, encoded
 
+pytestmark = pytest.mark.slow  # starts other processes or drives a browser
+
 
 @pytest.fixture(scope="module")
 def server(model_dir):
