@@ -606,7 +606,7 @@ def verdict_study(model: Model, rows, calibration) -> dict:
         f"nll_iwae_k{k}_score": nll,
     }
     if calibration and calibration.get("background"):
-        from service.serving.likelihood_ratio import log_ratio
+        from contract.likelihood import log_ratio
         candidates["minus_llr_background"] = -log_ratio(nll, x[..., 0], calibration["background"])
     out = {"positives": "pictures read as their digit (any style, before or after)",
            "negatives": "pictures misread, and bad_* pictures that reached the model",
