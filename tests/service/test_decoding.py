@@ -5,6 +5,8 @@ when the client leaves, and one request's files cannot hold every worker (servic
 No fixed sleeps: waits are for a condition (a worker busy, a process gone), each with a generous deadline."""
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -164,7 +166,7 @@ def test_client_leaving_stops_its_decode(pool):
     async def leave() -> None:
         task = asyncio.ensure_future(pool.decode([("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED,
                                                  None, None))
-        while pool.busy() == 0:  # the file reached a worker
+        while not pool.running_pids():  # the file reached a worker
             await asyncio.sleep(0.005)
         task.cancel()  # what the server does to the handler when its client disconnects
         with pytest.raises(asyncio.CancelledError):
@@ -264,3 +266,20 @@ def test_hostile_uploads_answered_4xx_or_200_and_service_keeps_serving(client, a
         assert response.status_code in (200, 400, 422), response.text
     assert client.get("/readyz").status_code == 200
     assert client.post("/v1/encode", files=as_files(digit_pngs[0])).status_code == 200
+
+
+def test_worker_crash_is_a_400_naming_the_file_and_the_worker_is_replaced(pool):
+    decode(pool, [("warm.png", hostile.png_small())])
+
+    async def crash() -> None:
+        task = asyncio.ensure_future(pool.decode([("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED,
+                                                 None, None))
+        while not pool.running_pids():
+            await asyncio.sleep(0.005)
+        os.kill(pool.running_pids()[0], signal.SIGSEGV)  # as a decoder's memory-safety bug would
+        with pytest.raises(ImageError, match=r"'scans.jpg' could not be decoded: the decoder crashed on it"):
+            await task
+
+    asyncio.run(crash())
+    wait_for(lambda: pool.busy() == 0 and len(pool.pids()) == 2, "the crashed worker to be replaced")
+    assert decode(pool, [("ok.png", hostile.png_small())])[0].shape == (1, 28, 28)

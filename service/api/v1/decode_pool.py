@@ -94,6 +94,10 @@ class _Worker:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def running(self) -> bool:
+        with self._lock:
+            return self._job is not None
+
     def start(self) -> None:
         """Starts the process if none is running, and waits for it to say it is ready."""
         with self._starting:
@@ -292,6 +296,10 @@ class DecodePool:
     def pids(self) -> list[int]:
         """The workers' process ids (a worker not started yet has none)."""
         return [pid for worker in self._workers if (pid := worker.pid) is not None]
+
+    def running_pids(self) -> list[int]:
+        """The process ids of the workers decoding a batch now."""
+        return [worker.pid for worker in self._workers if worker.running() and worker.pid is not None]
 
     def busy(self) -> int:
         """Workers handed to a request's file (running it, or restarting after it)."""
