@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
         await registry.stop()
+        if (decoder := getattr(app.state, "upload_decoder", None)) is not None:  # the upload decode workers
+            decoder.close()
 
     # FastAPIOffline: /docs loads Swagger UI from the package, not a CDN (no ReDoc: its page loads a logo from one).
     telemetry = {key: settings.opentelemetry for key in ("tracing", "metrics", "logs")}

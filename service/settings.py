@@ -49,7 +49,14 @@ class Settings(BaseSettings):
     max_image_aspect: float = Field(20, ge=1, description="Largest ratio of an upload's long side to its short side.")
     image_formats: Annotated[tuple[str, ...], NoDecode] = Field(
         ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"), description="Pillow formats accepted (comma-separated).")
-    decode_threads: int = Field(2, gt=0, description="Requests whose uploads are decoded at once (threads).")
+    decode_workers: int = Field(2, gt=0, description="Worker processes decoding uploads (spawned, capped by the OS); a "
+                                "request uses one at a time.")
+    decode_memory_mb: int = Field(192, gt=0, description="Memory a decode worker may add to its own after start "
+                                  "(RLIMIT_AS); a file needing more: 413.")
+    decode_cpu_s: float = Field(2.0, gt=0, description="CPU seconds one file may take in a decode worker (RLIMIT_CPU, "
+                                "whole seconds up); more: 422.")
+    decode_timeout_s: float = Field(5.0, gt=0, description="Wall-clock seconds one file may take in a decode worker; "
+                                    "more: 422, and the worker is replaced.")
     max_samples: int = Field(256, gt=0, description="Largest n for /v1/samples.")
     max_posterior_samples: int = Field(16384, gt=0, description="Most posterior samples (k x images) in one score, "
                                        "encode or reconstruct request (each costs a decode in score and reconstruct).")

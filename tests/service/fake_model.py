@@ -24,11 +24,12 @@ class FakeVae(tf.Module):
     def __init__(self):
         super().__init__()
         rng = np.random.default_rng(0)
-        self.to_latent = tf.constant(rng.normal(0, 0.05, (784, LATENT)), tf.float32)
-        self.to_pixels = tf.constant(rng.normal(0, 1.0, (LATENT, 784)), tf.float32)
+        self.to_latent = tf.Variable(rng.normal(0, 0.05, (784, LATENT)), dtype=tf.float32)
+        self.latent_bias = tf.Variable(rng.normal(0, 0.1, LATENT), dtype=tf.float32)
+        self.to_pixels = tf.Variable(rng.normal(0, 1.0, (LATENT, 784)), dtype=tf.float32)
 
     def _encode(self, images):
-        mean = tf.reshape(images, [-1, 784]) @ self.to_latent
+        mean = tf.reshape(images, [-1, 784]) @ self.to_latent + self.latent_bias
         scale = tf.linalg.diag(0.5 + 0.1 * tf.sigmoid(mean))  # lower triangular, positive diagonal
         return mean, scale
 

@@ -1,5 +1,6 @@
 """Settings come from VAE_* variables, and `python -m service` flags override them."""
 
+import gc
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.__main__ import parse_settings
+from service.process import ProcessTuning
 from service.settings import BUNDLED_MODEL_BASE_PATH, REPO_ROOT, Settings
 
 
@@ -41,9 +43,15 @@ def test_settings_bad_value_fails_at_start(monkeypatch, name, value):
         Settings()
 
 
-def test_service_sets_the_gil_switch_interval(make_client):
-    make_client(gil_switch_interval_ms=0.7)  # the default, 0.2, is already set by any other client
-    assert sys.getswitchinterval() == pytest.approx(0.0007)
+def test_process_tuning_sets_the_gil_switch_interval_and_gc_threshold():
+    """What `python -m service` installs (service/process.py); a library user's process keeps its own."""
+    before = sys.getswitchinterval(), gc.get_threshold()
+    try:
+        ProcessTuning(gil_switch_interval_ms=0.7).install()
+        assert sys.getswitchinterval() == pytest.approx(0.0007) and gc.get_threshold()[0] == 20_000
+    finally:
+        sys.setswitchinterval(before[0])
+        gc.set_threshold(*before[1])
 
 
 def test_settings_versions_from_environment_and_flags(monkeypatch):

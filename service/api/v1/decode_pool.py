@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from service.api.v1.decoding import DecodeLimits, ImageError, estimated_seconds
+from service.settings import Settings
 
 _LENGTH = struct.Struct(">I")
 _REPO_ROOT = str(Path(__file__).resolve().parents[3])
@@ -393,17 +394,13 @@ def _close_pools() -> None:
         pool.close()
 
 
-def pool_for(state: Any, settings: Any) -> DecodePool:
-    """The app's decode pool (app.state.upload_decoder), made at first use from the settings: decode_workers (or
-    decode_threads), decode_memory_mb, decode_cpu_s, decode_timeout_s."""
+def pool_for(state: Any, settings: Settings) -> DecodePool:
+    """The app's decode pool (app.state.upload_decoder), started at its first upload (the app closes it when it
+    stops)."""
     pool = getattr(state, "upload_decoder", None)
     if pool is None:
-        defaults = PoolConfig()
-        config = PoolConfig(
-            workers=getattr(settings, "decode_workers", getattr(settings, "decode_threads", defaults.workers)),
-            memory_mb=getattr(settings, "decode_memory_mb", defaults.memory_mb),
-            cpu_s=getattr(settings, "decode_cpu_s", defaults.cpu_s),
-            timeout_s=getattr(settings, "decode_timeout_s", defaults.timeout_s))
+        config = PoolConfig(workers=settings.decode_workers, memory_mb=settings.decode_memory_mb,
+                            cpu_s=settings.decode_cpu_s, timeout_s=settings.decode_timeout_s)
         pool = state.upload_decoder = DecodePool(config)
         pool.start()
     return pool

@@ -2,8 +2,10 @@
 
 import hashlib
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from service.api.v1 import schemas
@@ -19,10 +21,12 @@ from service.api.v1.responses import (
     json_response,
     wants_png,
 )
+from service.api.v1.verdict import verdict_batch
 from service.http.openapi import query_parameters
 from service.http.routing import DirectRoute
 from service.http.versions import VERSION_PARAMETERS, cache_control, ready_serving
 from service.serving import dataplane
+from service.serving.registry import Serving
 
 router = APIRouter(prefix="/v1", tags=["model"], route_class=DirectRoute)
 
@@ -46,6 +50,8 @@ async def encode(request: Request) -> Response:
         extra = {"samples": out["samples"], "seed": posterior[1]}
     else:
         out, extra = await dataplane.encode(serving, images), {}
+    if batch.verdict:
+        _, extra["verdict"] = await _verdict(serving, images, out)
     return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
                           "scale_tril": out["scale_tril"], **extra, **batch.response_fields()})
 
@@ -73,9 +79,27 @@ async def reconstruct(request: Request, output: OutputQuery = "mode", format: Fo
     batch = await read_images(request, serving.settings, png=png)
     if posterior:
         return await _reconstruct_samples(request, serving, batch, *posterior, output, format)
-    out = await dataplane.reconstruct(serving, batch.images)
+    headers = batch.png_headers() if png else None
+    if batch.verdict:  # the verdict needs the decoder's logits at the mean: encode, then decode
+        encoded = await dataplane.encode(serving, batch.images)
+        out, verdict = await _verdict(serving, batch.images, encoded)
+        out["mean"] = encoded["mean"]
+        if png:
+            headers["X-Verdict"] = orjson.dumps(verdict).decode()
+    else:
+        out, verdict = await dataplane.reconstruct(serving, batch.images), None
     fields = {**serving.model.identity, "output": output, "mean": out["mean"], **batch.response_fields()}
-    return images_response(request, format, out[output], fields, batch.png_headers() if png else None)
+    if verdict is not None:
+        fields["verdict"] = verdict
+    return images_response(request, format, out[output], fields, headers)
+
+
+async def _verdict(serving: Serving, images: np.ndarray, encoded: dict[str, np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The decoder's outputs at the posterior means, and per image whether the model understood it (verdict.py)."""
+    decoded = await dataplane.decode(serving, encoded["mean"])
+    return decoded, verdict_batch(images, encoded["mean"], encoded["scale_tril"], logits=decoded["logits"],
+                                  calibration=serving.model.metadata.get("calibration"))
 
 
 @router.get("/samples", response_model=schemas.Samples, responses={**IMAGE_RESPONSES, 304: {"description": "ETag"}},

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from service.api.v1.decode_pool import pool_for
 from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray
-from service.api.v1.preprocess import SIDE, preprocess
+from service.api.v1.preprocess import SIDE, preprocess, untouched
 from service.api.v1.query import UploadOptions, read_query
 from service.http.bodies import off_loop_if_large, parse_json, read_body
 from service.serving.errors import LimitExceeded
@@ -85,11 +85,12 @@ MAX_FIELD_BYTES = 64 * 1024  # a form field that is not a file (uploads are boun
 @dataclass(frozen=True)
 class ImageBatch:
     """The images a route feeds the model, (N, 28, 28, 1) float32 in [0, 1], and per image what preprocessing did
-    ({"inverted": bool, "normalized": bool}; both false for JSON arrays, which are model inputs as they are)."""
+    (preprocess.untouched() for JSON arrays, which are model inputs as they are)."""
 
     images: np.ndarray
-    preprocessing: list[dict[str, bool]]
+    preprocessing: list[dict[str, Any]]
     include_input: bool = False  # the query parameter include_input: answer with the images too
+    verdict: bool = False  # the query parameter verdict, resolved: answer with whether the model understood them
 
     def response_fields(self) -> dict[str, Any]:
         """The fields every image route's JSON answer carries: `preprocessing`, and `inputs` (N, 28, 28) (exactly
@@ -113,6 +114,8 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
     answer (`png`) has no room for: refused with 422 before any work is done."""
     options = read_query(UploadOptions, request)
     invert, normalize, include_input = options.invert, options.normalize, options.include_input
+    uploaded = media_type(request) == "multipart/form-data"
+    verdict = uploaded if options.verdict is None else options.verdict
     if include_input and png:
         raise HTTPException(422, "include_input=true needs a JSON answer (format=json): a PNG has no room for inputs")
     kind = media_type(request)
@@ -127,8 +130,8 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
     else:
         body = await read_body(request, settings.max_body_bytes)
         images = await off_loop_if_large(len(body), _json_images, body, settings.max_images)
-        preprocessing = [{"inverted": False, "normalized": False} for _ in range(len(images))]
-    return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input)
+        preprocessing = [untouched() for _ in range(len(images))]
+    return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input, verdict)
 
 
 async def read_json(request: Request, settings: Settings) -> dict[str, Any]:

@@ -50,6 +50,10 @@ class UploadOptions(BaseModel):
         "of mass at the centre of 28x28. false: only fit the whole image into 28x28. auto: normalise every upload "
         "except a 28x28 one that already looks like an MNIST digit, which passes through untouched. JSON arrays are "
         "never preprocessed."))
+    verdict: AutoOrBoolean = Field("auto", description=(
+        "Also answer with `verdict`, per image: whether the model understood it (a one-decode estimate of its NLL "
+        "placed among MNIST test digits' and compared with the 99th percentile). auto: for uploads, where one more "
+        "decode per image is small next to decoding and cleaning; not for JSON arrays."))
     include_input: Boolean = Field(False, description=(
         "Also answer with `inputs`: each image exactly as the model saw it, 28x28 in [0, 1] after preprocessing "
         "(JSON answers only)."))

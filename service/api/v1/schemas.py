@@ -1,7 +1,7 @@
 """Pydantic models that document the API in OpenAPI. Routes parse big arrays with orjson and numpy instead
 (see payloads.py), so these never validate a request on the hot path."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -26,9 +26,27 @@ class LatentsBody(BaseModel):
                                                  "overrides the query parameter.", examples=["mode"])
 
 
+class Threshold(BaseModel):
+    method: Literal["otsu", "noise", "levels"] = Field(description="How the ink was told from the paper.")
+    value: float = Field(description="The threshold, in [0, 1] of the cleaned image.")
+
+
 class Preprocessing(BaseModel):
     inverted: bool = Field(description="The upload was inverted (a light background: dark ink on light paper).")
     normalized: bool = Field(description="The upload was MNIST-normalised (cropped, fitted into 20x20, centred).")
+    background_removed: bool = Field(description="The paper's shading was estimated and removed before the crop.")
+    threshold: Threshold | None = Field(description="The ink threshold, when the upload was normalised.")
+    crop_box: list[int] | None = Field(description="[top, left, bottom, right] of the digit (bottom and right "
+                                       "exclusive), in the decoded image's pixels; null when not cropped.")
+
+
+class Verdict(BaseModel):
+    understood: bool | None = Field(description="Whether the model understood the image: its NLL estimate at or "
+                                    "below `threshold` percent of MNIST test digits'. null: the version has no "
+                                    "calibration.")
+    percentile: float | None = Field(description="Where the NLL estimate falls among MNIST test digits' NLLs.")
+    nll_estimate: float = Field(description="KL + reconstruction cross-entropy at the posterior mean, in nats.")
+    threshold: float = Field(examples=[99.0])
 
 
 class ImageInputs(BaseModel):
@@ -36,9 +54,12 @@ class ImageInputs(BaseModel):
 
     preprocessing: list[Preprocessing] = Field(
         description="(B) what was done to each image; both false for JSON arrays, which are used as given.",
-        examples=[[{"inverted": True, "normalized": True}]])
+        examples=[[{"inverted": True, "normalized": True, "background_removed": True,
+                    "threshold": {"method": "otsu", "value": 0.18}, "crop_box": [20, 30, 221, 141]}]])
     inputs: list[list[list[float]]] | None = Field(
         None, description="(B, 28, 28) the model's inputs after preprocessing: only with include_input=true.")
+    verdict: list[Verdict] | None = Field(
+        None, description="(B) whether the model understood each image: with verdict=true, or auto for uploads.")
 
 
 class Encoded(ImageInputs):
@@ -76,10 +97,12 @@ MULTIPART_IMAGES = {
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"},
                      "description": "One 28x28 image, or a grid of ceil(sqrt(B)) columns for several."}}
 ERRORS = {status: {"model": Problem} for status in (400, 413, 422, 503)}
-PREPROCESSING_HEADER = {"X-Preprocessing": {
-    "description": "With a PNG answer: the JSON answer's `preprocessing` list as compact JSON, "
-                   'e.g. [{"inverted":true,"normalized":true}].',
-    "schema": {"type": "string"}}}
+PREPROCESSING_HEADER = {
+    "X-Preprocessing": {"description": "With a PNG answer: the JSON answer's `preprocessing` list as compact JSON, "
+                                       'e.g. [{"inverted":true,"normalized":true,"background_removed":true,...}].',
+                        "schema": {"type": "string"}},
+    "X-Verdict": {"description": "With a PNG answer and a verdict: the JSON answer's `verdict` list as compact JSON.",
+                  "schema": {"type": "string"}}}
 
 
 def images_request_body(more_parameters: list[dict[str, Any]] = ()) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from service.api.v1.preprocess import untouched
 from tests.service.drawing import draw_digit, encoded
 
 INKS = [(0, 0, 0), (20, 30, 120), (170, 20, 20)]  # black, dark blue, red
@@ -67,14 +68,17 @@ def test_auto_normalises_drawn_digits(client, as_files, route):
     payloads = [data for _, data in DRAWINGS]
     auto, normalised = post(client, route, payloads, as_files), post(client, route, payloads, as_files, normalize=True)
     np.testing.assert_allclose(auto["mean"], normalised["mean"], atol=1e-5)
-    assert auto["preprocessing"] == [{"inverted": True, "normalized": True}] * len(DRAWINGS)
+    assert [(p["inverted"], p["normalized"], p["background_removed"]) for p in auto["preprocessing"]] == [
+        (True, True, True)] * len(DRAWINGS)
+    assert all(p["threshold"]["method"] and len(p["crop_box"]) == 4 for p in auto["preprocessing"])
     assert auto["preprocessing"] == normalised["preprocessing"]
 
 
-def test_reconstructions_of_drawn_digits_resemble_them(client, as_files):
+def test_reconstructions_of_drawn_digits_resemble_them(make_client, real_model_dir, as_files):
     """Decoder probabilities against the normalised input (the drawing as MNIST would show it), pixel correlation:
     measured on these 24 drawings, min 0.61 (the 5-pixel "2"), mean 0.92; bench/normalize_rule.py's 400 random
     drawings: min 0.82, median 0.97. With normalize=false (the old default) the mean was 0.23."""
+    client = make_client(model_dir=real_model_dir)  # about what the model answers: the real one
     payloads, digits = [data for _, data in DRAWINGS], np.array([digit for digit, _ in DRAWINGS])
     auto = post(client, "/v1/reconstruct", payloads, as_files, output="probs", include_input=True)
     inputs, probs = np.asarray(auto["inputs"]), np.asarray(auto["images"])
@@ -104,7 +108,7 @@ def test_json_arrays_are_not_preprocessed(client, digits):
         response = client.post("/v1/reconstruct", params=params, json={"images": images.tolist()})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["preprocessing"] == [{"inverted": False, "normalized": False}] * 3
+        assert body["preprocessing"] == [untouched()] * 3
     np.testing.assert_array_equal(np.asarray(body["inputs"], np.float32), images)  # float32, as sent
 
 
@@ -113,9 +117,10 @@ def test_reconstruct_png_reports_preprocessing_in_header(client, digit_pngs, as_
     response = client.post("/v1/reconstruct", params={"format": "png"}, files=as_files(*payloads))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
-    expected = [{"inverted": False, "normalized": False}, {"inverted": True, "normalized": True}]
-    assert json.loads(response.headers["x-preprocessing"]) == expected
-    assert post(client, "/v1/reconstruct", payloads, as_files)["preprocessing"] == expected
+    in_header = json.loads(response.headers["x-preprocessing"])
+    assert [(p["inverted"], p["normalized"]) for p in in_header] == [(False, False), (True, True)]
+    assert post(client, "/v1/reconstruct", payloads, as_files)["preprocessing"] == in_header
+    assert [v["nll_estimate"] for v in json.loads(response.headers["x-verdict"])]  # uploads: a verdict by default
     assert "x-preprocessing" not in client.post("/v1/reconstruct", files=as_files(*payloads)).headers
 
 
@@ -139,3 +144,25 @@ def test_openapi_documents_upload_options(client):
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert {"preprocessing", "inputs"} <= set(schemas["Encoded"]["properties"]) & set(
         schemas["Reconstructed"]["properties"])
+
+
+def test_verdict_on_uploads_by_default_and_on_json_when_asked(client, digit_pngs, digits, as_files):
+    uploaded = client.post("/v1/encode", files=as_files(digit_pngs[0])).json()
+    (verdict,) = uploaded["verdict"]
+    assert verdict["understood"] is None and verdict["percentile"] is None  # version 1 has no calibration
+    assert "verdict" not in client.post("/v1/encode", json={"images": digits[:2, ..., 0].tolist()}).json()
+    asked = client.post("/v1/encode", params={"verdict": "true"}, json={"images": digits[:2, ..., 0].tolist()})
+    assert len(asked.json()["verdict"]) == 2
+    assert "verdict" not in client.post("/v1/encode", params={"verdict": "false"}, files=as_files(digit_pngs[0])).json()
+
+
+def test_verdict_tells_a_digit_from_noise_on_the_calibrated_model(make_client, real_model_dir, digits):
+    """Version 2 carries the calibration: an MNIST digit is understood, uniform noise is not."""
+    client = make_client(model_dir=real_model_dir.parent / "2")
+    noise = np.random.default_rng(0).random((1, 28, 28), np.float32)
+    images = np.concatenate([digits[:1, ..., 0], noise])
+    response = client.post("/v1/reconstruct", params={"verdict": "true"}, json={"images": images.tolist()})
+    assert response.status_code == 200, response.text
+    digit, scribble = response.json()["verdict"]
+    assert (digit["understood"], scribble["understood"]) == (True, False), (digit, scribble)
+    assert digit["percentile"] < scribble["percentile"] and digit["threshold"] == 99.0
