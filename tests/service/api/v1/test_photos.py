@@ -17,7 +17,7 @@ from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray
 from service.api.v1.payloads import load_image
 from service.api.v1.preprocess import INK_FRACTION, _fit_square, looks_like_mnist, mnist_features, preprocess
 
-PHOTOS = Path(__file__).parents[1] / "data" / "photos"
+PHOTOS = Path(__file__).parents[3] / "data" / "photos"
 LIMITS = DecodeLimits(("PNG", "JPEG"), max_pixels=4_000_000, max_aspect=20)
 DIGIT_PHOTOS = sorted(p for p in PHOTOS.glob("photo_*.jpg"))
 BLANK_PHOTOS = sorted(PHOTOS.glob("bad_blank_*.jpg"))
