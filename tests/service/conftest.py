@@ -178,7 +178,7 @@ def live_server(model_dir: Path) -> Iterator[Callable[..., LiveServer]]:
         def make(prepare: Callable | None = None, **overrides) -> LiveServer:
             key = tuple(sorted(overrides.items()))
             if key not in servers:
-                settings = Settings(model_dir=model_dir, **overrides)
+                settings = Settings(**({"model_dir": model_dir} | overrides))
                 app = create_app(settings)
                 if prepare is not None:
                     prepare(app)

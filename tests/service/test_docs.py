@@ -67,6 +67,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # drives a browser
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="needs a headless Chromium: apt-get install chromium (Debian's package)")
 def test_docs_render_in_a_browser_that_cannot_reach_the_internet(tmp_path):

@@ -60,6 +60,7 @@ def test_startup_with_broken_metadata_fails_fast(broken_model_dir):
             pass
 
 
+@pytest.mark.slow  # a process of its own
 def test_service_never_imports_training_or_tfp(model_dir):
     code = textwrap.dedent(f"""
         import sys

@@ -1,12 +1,8 @@
-"""KServe v2 (Open Inference Protocol) with the real tritonclient against `python -m service` over real HTTP."""
+"""KServe v2 (Open Inference Protocol) with the real tritonclient against the service under uvicorn, over real
+HTTP."""
 
 import asyncio
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -14,38 +10,13 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from service.settings import REPO_ROOT
-
 MODEL = "mnist_vae"
 
 
-def serve(*args: str):
-    """`python -m service *args` on a free port, until it is ready: yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "VAE_LOG_LEVEL": "warning", "VAE_BATCH_MAX_DELAY_MS": "50"}
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *args],
-                               cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "service not ready after 120 s"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
-def server(model_dir):
-    yield from serve("--model-dir", str(model_dir))
+def server(live_server) -> str:
+    """The service under uvicorn (the configuration `python -m service` runs) over real HTTP."""
+    return live_server(batch_max_delay_ms=50).url
 
 
 @pytest.fixture(scope="module")
@@ -237,12 +208,12 @@ def test_v2_and_v1_requests_share_a_model_call(server, digits):
     assert deltas[-1] == (8, 1), f"never merged into one 8-image call: {deltas}"
 
 
-def test_score_over_v2(digits, fake_base_path):
+def test_score_over_v2(digits, fake_base_path, live_server):
     """mnist_vae-score (version 2): three inputs dispatched to the score batcher, equal to the SavedModel."""
     import tensorflow as tf
 
     version_2 = fake_base_path / "2"
-    for url in serve("--model-dir", str(version_2)):
+    for url in [live_server(model_dir=version_2, batch_max_delay_ms=50).url]:
         client = triton.InferenceServerClient(url.removeprefix("http://"))
         tensors = [images_input(digits[:3]), triton.InferInput("k", [1], "INT32"),
                    triton.InferInput("seeds", [3], "INT64")]

@@ -92,6 +92,7 @@ def test_score_independent_of_request_and_batch(v2, real_digits, v2_signatures):
     assert same_key(((32,), x, None), ((32,), x, None)) and not same_key(((32,), x, None), ((8,), x, None))
 
 
+@pytest.mark.slow  # scores 300 real digits on the real model
 def test_real_digits_mostly_pass_and_noise_is_always_flagged(v2, real_digits):
     """At the default threshold (99th percentile) about 1% of real test digits are flagged: with 300 digits, the
     binomial sd is 0.6%, so the bound is 5%. Uniform noise is far beyond every test digit."""
@@ -128,6 +129,7 @@ def test_llr_fields_are_the_ratio_against_the_stored_background(v2, real_digits)
         assert 0 <= row["llr_percentile"] <= 100
 
 
+@pytest.mark.slow  # scores 300 real digits on the real model
 def test_ratio_flags_blank_constant_and_noise_and_few_real_digits(v2, real_digits):
     """The remedy for the blank-image failure: an all-black image is more likely than most digits under the VAE
     (the upper test passes it at any threshold above about 20), but the background model explains it as well, so

@@ -13,6 +13,8 @@ import pytest
 
 import contract
 
+pytestmark = pytest.mark.slow  # one `python -m service` process, followed through a rollout
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, model_dir, place_version):
