@@ -26,12 +26,19 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     default = {name: field.default for name, field in Settings.model_fields.items()}
+    flagged = {"host", "port", "model_base_path", "model_dir", "model_name", "model_version_policy", "model_versions",
+               "model_config_file", "log_level"}
+    others = ", ".join(f"VAE_{name.upper()}" for name in Settings.model_fields if name not in flagged)
+    parser = argparse.ArgumentParser(
+        prog="python -m service", description=__doc__,
+        epilog=f"Settings without a flag are environment variables only: {others}. Each one's default and meaning: "
+        "docs/configuration.md (or service/settings.py).")
     parser.add_argument("--host", help=f"interface to bind (VAE_HOST; default: {default['host']})")
     parser.add_argument("--port", type=int, help=f"port to listen on (VAE_PORT; default: {default['port']})")
-    parser.add_argument("--model-base-path", help="folder of numbered model versions, followed while serving "
-                        f"(VAE_MODEL_BASE_PATH; default: {default['model_base_path']})")
+    parser.add_argument("--model-base-path", help="folder of numbered model versions, followed while serving; a "
+                        "relative path is taken from the working directory, the default is the bundled models folder "
+                        f"beside the installed package (VAE_MODEL_BASE_PATH; default: {default['model_base_path']})")
     parser.add_argument("--model-dir", help="one version folder, served alone (VAE_MODEL_DIR; default: none)")
     parser.add_argument("--model-name", help="name to serve the model under (VAE_MODEL_NAME; default: its metadata's)")
     parser.add_argument("--model-version-policy", choices=["latest", "specific", "all"],
