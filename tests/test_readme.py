@@ -1,8 +1,12 @@
-"""The README's API examples, run as written against a live service (real uvicorn, a free port, bash and curl).
+"""The API examples of README.md and docs/, run as written against a live service (real uvicorn with its gRPC
+servers, free ports, bash and curl, the venv's Python).
 
-Every fenced `sh` block between the `<!-- api-examples:begin` and `<!-- api-examples:end` comments of README.md
-runs, in order, in one temporary folder, with 127.0.0.1:8000 replaced by the live address, under `set -euo pipefail`
-and with curl failing on HTTP error statuses. New examples in that section are picked up without changing this file.
+Every fenced `sh` or `python` block between an `<!-- api-examples:begin` and the next `<!-- api-examples:end` comment
+of README.md, docs/api.md, docs/protocols.md and docs/operations.md runs, in that order, in one temporary folder, with
+127.0.0.1:8000 (HTTP), 127.0.0.1:8081 (KServe v2 gRPC) and 127.0.0.1:8500 (TF Serving gRPC) replaced by the live
+addresses. `sh` blocks run under `set -euo pipefail` with curl failing on HTTP error statuses; `python` blocks with
+this interpreter. New examples in those sections are picked up without changing this file; show answers in `text`
+blocks, which are not run.
 """
 
 import os
@@ -19,26 +23,33 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCUMENTS = [README, REPO / "docs" / "api.md", REPO / "docs" / "protocols.md", REPO / "docs" / "operations.md"]
 DOCUMENTED_ADDRESS = "127.0.0.1:8000"
+DOCUMENTED_GRPC = ("127.0.0.1:8081", "127.0.0.1:8500")
 # curl as a test sees it: any HTTP status >= 400 is a failure (exit 22) and its body is shown.
 PRELUDE = """set -euo pipefail -x
 curl() { command curl --fail-with-body --silent --show-error --max-time 60 "$@"; }
 """
 
 
-def api_example_blocks(text: str) -> list[str]:
-    begin, end = text.index("<!-- api-examples:begin"), text.index("<!-- api-examples:end")
-    assert begin < end, "api-examples:begin must come before api-examples:end"
-    return re.findall(r"^```sh\n(.*?)^```$", text[begin:end], flags=re.M | re.S)
+def api_example_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every sh and python block inside the text's api-examples sections."""
+    blocks = []
+    for section in re.findall(r"<!-- api-examples:begin.*?<!-- api-examples:end", text, flags=re.S):
+        blocks += re.findall(r"^```(sh|python)\n(.*?)^```$", section, flags=re.M | re.S)
+    return blocks
 
 
-BLOCKS = api_example_blocks(README.read_text())
+BLOCKS = [(doc.relative_to(REPO).as_posix(), language, code)
+          for doc in DOCUMENTS if doc.exists() for language, code in api_example_blocks(doc.read_text())]
 
 
-def test_the_marked_section_holds_examples_of_every_model_route():
-    examples = "\n".join(BLOCKS)
+def test_the_marked_sections_hold_examples_of_every_model_route():
+    assert api_example_blocks(README.read_text()), "README.md has no executed example"
+    examples = "\n".join(code for _, _, code in BLOCKS)
     assert examples.count("curl ") >= 10
-    for route in ("/v1/samples", "/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/model", "/readyz"):
+    for route in ("/v1/samples", "/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/score", "/v1/interpolate",
+                  "/v1/model", "/readyz", "/v2/models/mnist_vae", ":predict"):
         assert f"{DOCUMENTED_ADDRESS}{route}" in examples, route
 
 
@@ -50,12 +61,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def live_service(tmp_path_factory):
-    """`python -m service` on a free port, ready (warmed up); yields its host:port."""
-    port = _free_port()
+    """`python -m service` on free ports (HTTP, and both gRPC front ends), ready (warmed up); yields the addresses
+    that stand for 127.0.0.1:8000, :8081 and :8500."""
+    port, grpc_port, tfserving_port = _free_port(), _free_port(), _free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_GRPC": "true", "VAE_GRPC_PORT": str(grpc_port),
+           "VAE_TFSERVING_GRPC_PORT": str(tfserving_port)}
     with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], cwd=REPO,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=out)
+        server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], cwd=REPO, env=env,
+                                  stdout=out, stderr=out)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -68,7 +82,8 @@ def live_service(tmp_path_factory):
             except OSError:
                 pass
             time.sleep(0.2)
-        yield address
+        yield {DOCUMENTED_ADDRESS: address, DOCUMENTED_GRPC[0]: f"127.0.0.1:{grpc_port}",
+               DOCUMENTED_GRPC[1]: f"127.0.0.1:{tfserving_port}"}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -82,12 +97,19 @@ def workdir(tmp_path_factory):
     return path
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's examples use curl: apt-get install curl")
-@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"block{i + 1}" for i in range(len(BLOCKS))])
-def test_readme_api_example_runs(index, live_service, workdir):
-    script = PRELUDE + BLOCKS[index].replace(DOCUMENTED_ADDRESS, live_service)
-    out = subprocess.run(["bash", "-c", script], cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"README API example block {index + 1} failed:\n{out.stderr[-4000:]}"
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the examples use curl: apt-get install curl")
+@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"{doc}-{i + 1}" for i, (doc, _, _) in enumerate(BLOCKS)])
+def test_api_example_runs(index, live_service, workdir):
+    doc, language, code = BLOCKS[index]
+    for documented, live in live_service.items():
+        code = code.replace(documented, live)
+    if language == "sh":
+        command = ["bash", "-c", PRELUDE + code]
+    else:
+        command = [sys.executable, "-c", code]
+    out = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, f"{doc}: example block {index + 1} ({language}) failed:\n{out.stderr[-4000:]}"
 
 
 def test_readme_examples_wrote_real_images(live_service, workdir):
