@@ -30,7 +30,7 @@ def _default(name: str, field) -> str:
     if value is None:
         return "unset"
     if isinstance(value, Path):
-        return f"`{value.relative_to(REPO_ROOT)}` beside the package" if value.is_relative_to(REPO_ROOT) else f"`{value}`"
+        return f"`{value.relative_to(REPO_ROOT)}` in the checkout" if value.is_relative_to(REPO_ROOT) else f"`{value}`"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, tuple):
@@ -81,5 +81,6 @@ def test_the_doc_names_no_setting_that_does_not_exist():
 
 if __name__ == "__main__":
     text = DOC.read_text()
-    DOC.write_text(text.replace(_table(text), render()))
+    start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
+    DOC.write_text(f"{text[:start]}\n{render()}\n{text[stop:]}")
     print(f"wrote {DOC.relative_to(REPO)}")
