@@ -63,15 +63,17 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && rm -rf "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tensorflow/include"
 COPY --chown=vae:vae models/mnist_vae/ /models/mnist_vae/
 # The service serves the newest version under the base path and picks up new ones live; gRPC beside HTTP: KServe v2
-# on 8081, TF Serving on 8500 (plaintext: TLS ends in front of the container unless VAE_GRPC_TLS_* are set).
+# on 8081, TF Serving on 8500 (plaintext: TLS ends in front of the container unless VAE_GRPC_TLS_* are set); the
+# Prometheus metrics with no API key on 8002 (keep it inside the cluster).
 ENV VAE_HOST=0.0.0.0 \
     VAE_PORT=8000 \
     VAE_MODEL_BASE_PATH=/models/mnist_vae \
     VAE_GRPC=true \
     VAE_GRPC_PORT=8081 \
-    VAE_TFSERVING_GRPC_PORT=8500
+    VAE_TFSERVING_GRPC_PORT=8500 \
+    VAE_METRICS_PORT=8002
 USER 10001:10001
-EXPOSE 8000 8081 8500
+EXPOSE 8000 8081 8500 8002
 # uvicorn stops on SIGTERM after finishing the requests in flight (docker stop waits 10 s, then kills).
 STOPSIGNAL SIGTERM
 # No curl in slim images: the check is Python's urllib; any non-2xx answer or no answer is a failure.

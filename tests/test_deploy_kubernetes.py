@@ -96,8 +96,14 @@ def test_kustomizations_list_every_manifest():
 
 def test_probes_use_the_service_endpoints_on_the_served_port():
     container = api_container(deployment())
-    (port,) = container["ports"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    port = next(port for port in container["ports"] if port["name"] == "http")
     assert port["containerPort"] == int(dockerfile_env("VAE_PORT")) == 8000
+    env_ports = {e["name"]: int(e["value"]) for e in container["env"] if e["name"].endswith("_PORT")}
+    assert ports == {"http": env_ports["VAE_PORT"], "grpc-v2": env_ports["VAE_GRPC_PORT"],
+                     "grpc-tfserving": env_ports["VAE_TFSERVING_GRPC_PORT"], "metrics": env_ports["VAE_METRICS_PORT"]}
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"] == int(dockerfile_env("VAE_METRICS_PORT"))
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["VAE_PORT"]) == port["containerPort"] and env["VAE_HOST"] == "0.0.0.0"
     assert env["VAE_MODEL_BASE_PATH"] == dockerfile_env("VAE_MODEL_BASE_PATH")
