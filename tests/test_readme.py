@@ -49,7 +49,7 @@ def test_the_marked_sections_hold_examples_of_every_model_route():
     examples = "\n".join(code for _, _, code in BLOCKS)
     assert examples.count("curl ") >= 10
     for route in ("/v1/samples", "/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/score", "/v1/interpolate",
-                  "/v1/model", "/readyz", "/v2/models/mnist_vae", ":predict"):
+                  "/v1/model", "/readyz", "/v2/models/mnist_vae", "/v1/models/mnist_vae:predict"):
         assert f"{DOCUMENTED_ADDRESS}{route}" in examples, route
 
 
