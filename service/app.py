@@ -18,6 +18,7 @@ from service.api.v1 import inference, scoring
 from service.http.auth import OPEN_PATHS
 from service.http.errors import install_error_handlers
 from service.http.middleware import install_middleware
+from service.http.routing import add_routes
 from service.http.versions import VersionHeaderMiddleware
 from service.process import ProcessTuning
 from service.serving.dataplane import DataPlane
@@ -64,7 +65,9 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     telemetry = {key: settings.opentelemetry for key in ("tracing", "metrics", "logs")}
     app = FastAPIOffline(title="MNIST VAE", summary="Encode, decode, sample and reconstruct MNIST digits with a VAE.",
                          version="1", lifespan=lifespan, redoc_url=None, telemetry=telemetry)
-    for router in (inference.router, scoring.router, v2.router, tfserving.router, ops.router):
+    for router in (v2.router, inference.router, tfserving.router):  # the hot protocol routes: see add_routes
+        add_routes(app, router)
+    for router in (scoring.router, ops.router):
         app.include_router(router)
     if settings.playground:
         app.include_router(playground.router)

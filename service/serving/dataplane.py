@@ -130,9 +130,8 @@ async def reconstruct(serving: Serving, images: np.ndarray) -> Outputs:
 async def reconstruct_samples(serving: Serving, images: np.ndarray, k: int, seed: int) -> tuple[Outputs, Outputs]:
     """k posterior draws per image, each decoded: (posterior's outputs, decoded (B * k) rows). Every decoded sample
     is answered, so k x images is held to what a decode request may hold (VAE_MAX_IMAGES)."""
-    check_images(serving, images)
     check_budget(serving, "samples", k, len(images), serving.settings.max_images, "VAE_MAX_IMAGES")
-    out = await posterior(serving, images, k, seed)
+    out = await posterior(serving, images, k, seed)  # checks the images
     latents = out["samples"].reshape(len(images) * k, -1)
     return out, await serving.batchers.decode.submit(latents, len(latents))
 
