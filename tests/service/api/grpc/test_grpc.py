@@ -27,7 +27,7 @@ from tritonclient.grpc import service_pb2_grpc as v2grpc
 from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
-from service.settings import BUNDLED_MODEL_BASE_PATH, Settings
+from service.settings import Settings
 
 KEY = "grpc-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -78,9 +78,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served():
-    """The bundled models' newest version (it has the score signature), served with one API key."""
-    server = Served(model_base_path=BUNDLED_MODEL_BASE_PATH).start("/readyz")
+def served(fake_base_path):
+    """Fakes of the bundled versions 1 and 2 (2, the newest, has the score signature), served with one API key."""
+    server = Served(model_base_path=fake_base_path).start("/readyz")
     yield server
     server.stop()
 
