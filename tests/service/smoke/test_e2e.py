@@ -21,12 +21,13 @@ pytestmark = pytest.mark.slow  # starts other processes or drives a browser
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
+def server(real_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "VAE_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir", str(model_dir)],
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir",
+                                str(real_model_dir)],
                                cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -58,7 +59,10 @@ def test_e2e_readyz_is_503_while_warming_up(server):
     assert set(startup) == {(503, 200, 503, "1", "the model is not loaded yet")}
 
 
-def test_e2e_concurrent_uploads_each_get_own_result(server, signatures, digit_pngs, digits):
+def test_e2e_concurrent_uploads_each_get_own_result(server, real_model_dir, digit_pngs, digits):
+    import tensorflow as tf
+
+    signatures = tf.saved_model.load(str(real_model_dir)).signatures
     server, _ = server
     async def scenario():
         async with httpx.AsyncClient(base_url=server, timeout=30) as client:
@@ -89,7 +93,8 @@ def test_e2e_drawn_jpeg_digit_normalised_by_default(server):
     files = {"files": ("seven.jpg", encoded(draw_digit("7", (400, 300), (230, 60, 350, 260), 14), "JPEG"))}
     png = httpx.post(f"{server}/v1/reconstruct", params={"format": "png", "output": "probs"}, files=files)
     assert png.status_code == 200, png.text
-    assert json.loads(png.headers["x-preprocessing"]) == [{"inverted": True, "normalized": True}]
+    (done,) = json.loads(png.headers["x-preprocessing"])
+    assert (done["inverted"], done["normalized"], done["background_removed"]) == (True, True, True)
     body = httpx.post(f"{server}/v1/reconstruct", params={"output": "probs", "include_input": "true"},
                       files=files).json()
     reconstruction = np.asarray(Image.open(io.BytesIO(png.content)), np.float32) / 255
