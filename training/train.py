@@ -21,7 +21,6 @@ import os
 import pathlib
 import shutil
 import sys
-import threading
 import time
 
 import numpy as np
@@ -463,7 +462,7 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
         u, eps = example_draws(indices, epoch, train_cfg.seed, train_cfg.k, d)
         x = tf.cast(u < tf.cast(images_u8, tf.float32) / 255.0, tf.float32)
         loss, grads = objective(x, eps, train_cfg.batch_size)
-        optimizer.apply_gradients(zip(grads, objective.encoder_vars + objective.decoder_vars))
+        optimizer.apply_gradients(zip(grads, objective.encoder_vars + objective.decoder_vars, strict=True))
         return loss
 
     @tf.function
@@ -503,8 +502,9 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
             if not math.isfinite(float(loss)):
                 raise RunError(f"the loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}: stopping")
             if verbose and (step + 1) % 100 == 0:
+                rate = (step + 1 - first) * train_cfg.batch_size / (time.time() - start)
                 log.info("epoch %d step %d/%d: loss %.2f (%.0f images/s)", epoch + 1, step + 1, steps,
-                         float(loss_sum) / (step + 1), (step + 1 - first) * train_cfg.batch_size / (time.time() - start))
+                         float(loss_sum) / (step + 1), rate)
             if stop_after_steps is not None and ran >= stop_after_steps:
                 backup_manager.save(checkpoint_number=epoch * steps + step + 1)
                 log.info("stopping after %d steps (stop_after_steps)", ran)
