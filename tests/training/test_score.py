@@ -116,8 +116,8 @@ def test_version_1_is_untouched():
 def test_background_block_is_the_ratio_of_the_scores(v2, digits, mnist_dir):
     """calibrate(train_images=...) fits the independent-pixel Bernoulli on the training images and stores the
     percentiles of llr = -nll - log p_bg(x) of exactly the scored test images."""
-    from training import data
     from contract.likelihood import background_log_prob, fit_background
+    from training import data
     from training.evaluate import calibrate
 
     train_images, _ = data.load_mnist("train", mnist_dir)
