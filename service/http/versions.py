@@ -4,13 +4,14 @@
 while a request holds it, and VersionHeaderMiddleware sends `X-Model-Version` and ends the lease when the response is
 done."""
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import contract
 from service.http.openapi import query_parameters
 from service.serving.dataplane import DataPlane
+from service.serving.errors import InvalidInput
 from service.serving.registry import Serving
 
 
@@ -50,8 +51,8 @@ def ready_serving(request: Request, version: int | str | None = None) -> Serving
 def parse_version(value: str | None) -> int | None:
     if value is None:
         return None
-    if not contract.is_count(value) or int(value) < 1:
-        raise HTTPException(422, f"version must be a positive integer, got {value!r}")
+    if not contract.is_count(value) or int(value) < 1:  # each protocol's table: 422 on /v1, 400 on the others
+        raise InvalidInput(f"version must be a positive integer, got {value!r}")
     return int(value)
 
 

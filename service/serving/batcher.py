@@ -143,12 +143,12 @@ class Batcher:
         """Queue one request of `size` images and wait for its own share of a batch's result."""
         if self._stopped:
             raise ShuttingDownError(f"{self.name} batcher stopped; retry later")
-        backlog_s = (self._queued_rows + size) * self._row_seconds
-        # Admission by work: behind queued work that would keep it past its deadline, refuse it now. Never into an
-        # empty queue: that call runs at once, and keeps the time per row up to date.
-        if self._queued_rows and backlog_s > self.deadline_s:
+        backlog_s = self._queued_rows * self._row_seconds
+        # Admission by work: behind queued work that would keep it waiting past its deadline (which counts the wait,
+        # not its own call), refuse it now. An empty queue always takes it, which keeps the time per row current.
+        if backlog_s > self.deadline_s:
             self._rejected.inc()
-            raise QueueFullError(f"{self.name}: the queued work takes about {backlog_s:.1f} s, over the "
+            raise QueueFullError(f"{self.name}: the work queued ahead takes about {backlog_s:.1f} s, over the "
                                  f"{self.deadline_s:g} s deadline (VAE_QUEUE_DEADLINE_MS); retry later")
         future = self._loop.create_future()
         try:

@@ -167,8 +167,10 @@ async def interpolate(serving: Serving, start: np.ndarray, end: np.ndarray, step
     if steps < 2:
         raise InvalidInput(f"steps must be at least 2, got {steps}")
     check_count("steps", steps, serving.settings.max_samples, "VAE_MAX_SAMPLES")
+    if not (np.isfinite(start).all() and np.isfinite(end).all()):
+        raise InvalidInput("the end points contain NaN or infinity")
     latents = interpolate_path(start, end, steps, path)
-    return latents, await decode(serving, latents)
+    return latents, await serving.batchers.decode.submit(latents, steps)  # steps, not images, bound the path
 
 
 def require_score(serving: Serving) -> None:

@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
+import contract
 from service.api.grpc.server import Edge, Protocol, Refused
 from service.api.kserve_v2 import codec as v2
-from service.api.kserve_v2.routes import EXTENSIONS, SERVER_NAME, v2_models
 from service.serving import dataplane
 from service.serving.errors import (
     DeadlineExceededError,
@@ -53,15 +53,15 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 def parse_version(text: str) -> int | None:
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not contract.is_count(text) or int(text) < 1:
         raise InvalidInput(f"model_version must be empty or a positive integer, got {text!r}")
     return int(text)
 
 
 def model_signature(serving: Serving, name: str) -> SignatureSpec:
-    signature = v2_models(serving).get(name)
+    signature = v2.v2_models(serving).get(name)
     if signature is None:
-        raise NotFound(f"Request for unknown model: '{name}' is not found; models: {sorted(v2_models(serving))}")
+        raise NotFound(f"Request for unknown model: '{name}' is not found; models: {sorted(v2.v2_models(serving))}")
     return signature
 
 
@@ -182,7 +182,7 @@ class Handlers:
         return pb.ServerReadyResponse(ready=self.dataplane.ready)
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=v2.SERVER_NAME, version=self.version, extensions=v2.EXTENSIONS)
 
     async def ModelReady(self, request, context):
         if not self.dataplane.ready:

@@ -4,6 +4,7 @@ A request body is a JSON header, optionally followed by raw little-endian tensor
 input, `Inference-Header-Content-Length` giving the header's length). Binary inputs become numpy views on the
 request bytes and binary outputs one `tobytes()` each, so no Python work is done per element either way."""
 
+import weakref
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -15,7 +16,9 @@ from starlette.responses import Response
 import contract
 from service.http.bodies import parse_json
 from service.http.errors import ProtocolError
-from service.serving.signatures import SignatureSpec, TensorSpec
+from service.serving.model import VaeModel
+from service.serving.registry import Serving
+from service.serving.signatures import SignatureSpec, TensorSpec, signature_specs
 
 # KServe v2 datatype <-> numpy dtype (little-endian on the wire)
 DATATYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
@@ -213,3 +216,18 @@ def infer_response(request: InferRequest, model: str, version: int, results: dic
 
 def json(content: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON_TYPE)
+
+
+SERVER_NAME = "mnist-vae"
+EXTENSIONS = ["binary_tensor_data"]
+_MODELS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
+
+
+def v2_models(serving: Serving) -> dict[str, SignatureSpec]:
+    """v2 model name -> signature, for the signatures the loaded model has (once per loaded model)."""
+    models = _MODELS.get(serving.model)
+    if models is None:
+        specs = signature_specs(serving.model)
+        models = _MODELS[serving.model] = {name: specs[signature] for name, signature
+                                           in contract.v2_model_names(serving.model.name).items() if signature in specs}
+    return models

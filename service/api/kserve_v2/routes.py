@@ -3,20 +3,17 @@
 Every signature is a v2 model (contract.v2_model_names): `mnist_vae` is the default (encode), `mnist_vae-decode`,
 `mnist_vae-sample`, ... the others. Errors are {"error": ...} (service/http/errors.py)."""
 
-import weakref
 
 from fastapi import APIRouter, Request, Response
 
-import contract
 from service.api.kserve_v2 import codec as v2
 from service.http.bodies import inflate, off_loop_if_large, read_body
 from service.http.errors import TENSOR_PROTOCOL_STATUS, ProtocolError
 from service.http.routing import DirectRoute
 from service.http.versions import ready_serving
 from service.serving import dataplane
-from service.serving.model import VaeModel
 from service.serving.registry import Serving
-from service.serving.signatures import SignatureSpec, signature_specs
+from service.serving.signatures import SignatureSpec
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], route_class=DirectRoute)
 STATUS = TENSOR_PROTOCOL_STATUS  # the serving layer's errors as this protocol answers them ({"error": message})
@@ -24,42 +21,27 @@ STATUS = TENSOR_PROTOCOL_STATUS  # the serving layer's errors as this protocol a
 
 def belongs(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
-SERVER_NAME = "mnist-vae"
-EXTENSIONS = ["binary_tensor_data"]
-
-
-_MODELS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()
 
 
 # The protocol's health and readiness answers are status codes with an empty body; the schema must say so.
 NO_BODY = {200: {"description": "true", "content": {}}, 400: {"description": "false", "content": {}}}
 
 
-def v2_models(serving: Serving) -> dict[str, SignatureSpec]:
-    """v2 model name -> signature, for the signatures the loaded model has (once per loaded model)."""
-    models = _MODELS.get(serving.model)
-    if models is None:
-        specs = signature_specs(serving.model)
-        models = _MODELS[serving.model] = {name: specs[signature] for name, signature
-                                           in contract.v2_model_names(serving.model.name).items() if signature in specs}
-    return models
-
-
 def _model(request: Request) -> tuple[Serving, str, SignatureSpec]:
     params = request.path_params
     name, version = params["name"], params.get("version")
     serving = ready_serving(request, version)
-    signature = v2_models(serving).get(name)
+    signature = v2.v2_models(serving).get(name)
     if signature is None:
         raise ProtocolError(404, f"Request for unknown model: '{name}' is not found; models: "
-                                 f"{sorted(v2_models(serving))}")
+                                 f"{sorted(v2.v2_models(serving))}")
     return serving, name, signature
 
 
 @router.get("")
 async def server_metadata(request: Request) -> Response:
     """Server metadata: name, version and the protocol extensions supported."""
-    return v2.json({"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS})
+    return v2.json({"name": v2.SERVER_NAME, "version": request.app.version, "extensions": v2.EXTENSIONS})
 
 
 @router.get("/health/live", response_class=Response, responses=NO_BODY)

@@ -90,6 +90,7 @@ class _Worker:
         self._lock = threading.Lock()  # guards _process and _job against cancel() from the event loop
         self._starting = threading.Lock()  # held from the spawn to the worker's "ready"
         self._job: _Job | None = None
+        self._closed = False  # kill() was called: a process spawned after it is killed, not published
 
     @property
     def pid(self) -> int | None:
@@ -119,10 +120,17 @@ class _Worker:
                 process.wait()
                 raise DecodeFailure("a decode worker did not start")
             with self._lock:
-                self._process = process
+                closed = self._closed
+                if not closed:
+                    self._process = process
+            if closed:  # the pool closed while this worker started
+                process.kill()
+                process.wait()
+                raise DecodeFailure("the decode pool is closed")
 
     def kill(self) -> None:
         with self._lock:
+            self._closed = True
             process = self._process
         if process is not None and process.poll() is None:
             process.kill()

@@ -9,9 +9,9 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from service.api.v1 import schemas
-from service.api.v1.payloads import json_array, read_images, read_json
+from service.api.v1.payloads import ImageBatch, json_array, read_images, read_json
 from service.api.v1.png import rows_png
-from service.api.v1.query import PosteriorOptions, read_query
+from service.api.v1.query import ImageRouteOptions, read_query
 from service.api.v1.responses import (
     Format,
     Output,
@@ -37,12 +37,13 @@ IMAGES_TO_IMAGES_RESPONSES = {200: {"content": schemas.PNG, "headers": schemas.P
 
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
-             openapi_extra=schemas.images_request_body(query_parameters(PosteriorOptions)))
+             openapi_extra=schemas.images_request_body(query_parameters(ImageRouteOptions)))
 async def encode(request: Request) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril; with `samples=k`, also k draws per image
     from q(z|x) (`samples`, shaped (B, k, d)) and the `seed` they came from."""
     serving = ready_serving(request)
-    posterior = read_query(PosteriorOptions, request).draw()
+    options = read_query(ImageRouteOptions, request)
+    posterior = checked_posterior(serving, options)
     batch = await read_images(request, serving.settings)
     images = batch.images
     if posterior:
@@ -50,7 +51,7 @@ async def encode(request: Request) -> Response:
         extra = {"samples": out["samples"], "seed": posterior[1]}
     else:
         out, extra = await dataplane.encode(serving, images), {}
-    if batch.verdict:
+    if wants_verdict(options, batch):
         _, extra["verdict"] = await _verdict(serving, images, out)
     return json_response({**serving.model.identity, "mean": out["mean"], "covariance": out["covariance"],
                           "scale_tril": out["scale_tril"], **extra, **batch.response_fields()})
@@ -69,18 +70,20 @@ async def decode(request: Request, output: OutputQuery = "mode", format: FormatQ
 
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGES_TO_IMAGES_RESPONSES,
-             openapi_extra=schemas.images_request_body(query_parameters(PosteriorOptions)))
+             openapi_extra=schemas.images_request_body(query_parameters(ImageRouteOptions)))
 async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means. With `samples=k`, decode k
     draws per image from q(z|x) instead: a PNG with a row per image, or JSON `images` (B, k, 28, 28), `samples`."""
     serving = ready_serving(request)
-    posterior = read_query(PosteriorOptions, request).draw()
+    options = read_query(ImageRouteOptions, request)
+    posterior = checked_posterior(serving, options)
     png = wants_png(request, format)
     batch = await read_images(request, serving.settings, png=png)
+    verdict_wanted = wants_verdict(options, batch)
     if posterior:
-        return await _reconstruct_samples(request, serving, batch, *posterior, output, format)
+        return await _reconstruct_samples(request, serving, batch, *posterior, output, format, verdict_wanted)
     headers = batch.png_headers() if png else None
-    if batch.verdict:  # the verdict needs the decoder's logits at the mean: encode, then decode
+    if verdict_wanted:  # the verdict needs the decoder's logits at the mean: encode, then decode
         encoded = await dataplane.encode(serving, batch.images)
         out, verdict = await _verdict(serving, batch.images, encoded)
         out["mean"] = encoded["mean"]
@@ -92,6 +95,19 @@ async def reconstruct(request: Request, output: OutputQuery = "mode", format: Fo
     if verdict is not None:
         fields["verdict"] = verdict
     return images_response(request, format, out[output], fields, headers)
+
+
+def checked_posterior(serving: Serving, options: ImageRouteOptions) -> tuple[int, int] | None:
+    """The posterior samples asked for, checked against the limit before any upload is decoded."""
+    posterior = options.posterior()
+    if posterior:
+        dataplane.check_budget(serving, "samples", posterior[0], 1)
+    return posterior
+
+
+def wants_verdict(options: ImageRouteOptions, batch: ImageBatch) -> bool:
+    """verdict=auto: for uploads, not for JSON arrays."""
+    return batch.uploaded if options.verdict is None else options.verdict
 
 
 async def _verdict(serving: Serving, images: np.ndarray, encoded: dict[str, np.ndarray]
@@ -125,13 +141,18 @@ async def samples(request: Request,
     return images_response(request, format, out[output], fields, headers)
 
 
-async def _reconstruct_samples(request: Request, serving, batch, k: int, seed: int, output: Output,
-                               format: Format | None) -> Response:
+async def _reconstruct_samples(request: Request, serving: Serving, batch: ImageBatch, k: int, seed: int,
+                               output: Output, format: Format | None, verdict_wanted: bool) -> Response:
     """Posterior samples of each image, decoded through the decode batcher."""
     images = batch.images
     out, decoded = await dataplane.reconstruct_samples(serving, images, k, seed)
     decoded = decoded[output].reshape(len(images), k, 28, 28)
+    verdict = (await _verdict(serving, images, out))[1] if verdict_wanted else None
     if wants_png(request, format):
-        return Response(rows_png(decoded), media_type="image/png", headers=batch.png_headers())
+        headers = batch.png_headers()
+        if verdict is not None:
+            headers["X-Verdict"] = orjson.dumps(verdict).decode()
+        return Response(rows_png(decoded), media_type="image/png", headers=headers)
+    fields = {"verdict": verdict} if verdict is not None else {}
     return json_response({**serving.model.identity, "output": output, "mean": out["mean"], "seed": seed,
-                          "samples": out["samples"], "images": decoded, **batch.response_fields()})
+                          "samples": out["samples"], "images": decoded, **batch.response_fields(), **fields})

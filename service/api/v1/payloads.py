@@ -89,7 +89,7 @@ class ImageBatch:
     images: np.ndarray
     preprocessing: list[dict[str, Any]]
     include_input: bool = False  # the query parameter include_input: answer with the images too
-    verdict: bool = False  # the query parameter verdict, resolved: answer with whether the model understood them
+    uploaded: bool = False  # multipart uploads, not JSON arrays
 
     def response_fields(self) -> dict[str, Any]:
         """The fields every image route's JSON answer carries: `preprocessing`, and `inputs` (N, 28, 28) (exactly
@@ -113,8 +113,6 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
     answer (`png`) has no room for: refused with 422 before any work is done."""
     options = read_query(UploadOptions, request)
     invert, normalize, include_input = options.invert, options.normalize, options.include_input
-    uploaded = media_type(request) == "multipart/form-data"
-    verdict = uploaded if options.verdict is None else options.verdict
     if include_input and png:
         raise HTTPException(422, "include_input=true needs a JSON answer (format=json): a PNG has no room for inputs")
     kind = media_type(request)
@@ -130,7 +128,8 @@ async def read_images(request: Request, settings: Settings, *, png: bool = False
         body = await read_body(request, settings.max_body_bytes)
         images = await off_loop_if_large(len(body), _json_images, body, settings.max_images)
         preprocessing = [untouched() for _ in range(len(images))]
-    return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input, verdict)
+    return ImageBatch(images.reshape(len(images), SIDE, SIDE, 1), preprocessing, include_input,
+                      kind == "multipart/form-data")
 
 
 async def read_json(request: Request, settings: Settings) -> dict[str, Any]:

@@ -50,25 +50,27 @@ class UploadOptions(BaseModel):
         "of mass at the centre of 28x28. false: only fit the whole image into 28x28. auto: normalise every upload "
         "except a 28x28 one that already looks like an MNIST digit, which passes through untouched. JSON arrays are "
         "never preprocessed."))
-    verdict: AutoOrBoolean = Field("auto", description=(
-        "Also answer with `verdict`, per image: whether the model understood it (a one-decode estimate of its NLL "
-        "placed among MNIST test digits' and compared with the 99th percentile). auto: for uploads, where one more "
-        "decode per image is small next to decoding and cleaning; not for JSON arrays."))
     include_input: Boolean = Field(False, description=(
         "Also answer with `inputs`: each image exactly as the model saw it, 28x28 in [0, 1] after preprocessing "
         "(JSON answers only)."))
 
 
-class PosteriorOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class ImageRouteOptions(BaseModel):
+    """What /v1/encode and /v1/reconstruct read besides the upload options."""
 
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+
+    verdict: AutoOrBoolean = Field("auto", description=(
+        "Also answer with `verdict`, per image: whether the model understood it (a one-decode estimate of its NLL "
+        "placed among MNIST test digits' and compared with the 99th percentile). auto: for uploads, where one more "
+        "decode per image is small next to decoding and cleaning; not for JSON arrays."))
     samples: int = Field(0, ge=0, description=(
         "Also draw this many samples per image from q(z|x) (k x images is capped by VAE_MAX_POSTERIOR_SAMPLES)."))
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
         "Seed of the posterior samples: image i of the request draws from (seed, i). Absent: random, returned as "
         "`seed`."))
 
-    def draw(self) -> tuple[int, int] | None:
+    def posterior(self) -> tuple[int, int] | None:
         """(samples per image, seed) when posterior samples are asked for, the seed drawn if absent; else None."""
         if not self.samples:
             return None
