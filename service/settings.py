@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     decode_timeout_s: float = Field(5.0, gt=0, description="Wall-clock seconds one file may take in a decode worker; "
                                     "more: 422, and the worker is replaced.")
     max_samples: int = Field(256, gt=0, description="Largest n for /v1/samples.")
-    max_posterior_samples: int = Field(16384, gt=0, description="Most posterior samples (k x images) in one score, "
-                                       "encode or reconstruct request (each costs a decode in score and reconstruct).")
+    max_posterior_samples: int = Field(16384, gt=0, description="Most posterior samples (k x images) in one score or "
+                                       "encode request, and in one score model call (each costs a decode in score).")
 
     batch_max_size: int = Field(256, gt=0, description="Most images merged into one model call; 1 turns batching off.")
     batch_ready_size: int = Field(64, gt=0, description="Padded batch sizes up to this are warmed before a version is "

@@ -36,7 +36,7 @@ TRIM_FROM = 16
 @dataclass
 class _Item:
     payload: Any
-    size: int  # images this request adds to a batch
+    size: int  # rows this request adds to a batch, in the signature's unit (decodes for score)
     future: asyncio.Future  # set on the event loop only
     enqueued: float  # time.perf_counter()
 
@@ -140,7 +140,7 @@ class Batcher:
         self._thread.join(max(0.0, deadline - time.monotonic()))
 
     async def submit(self, payload: Any, size: int) -> Any:
-        """Queue one request of `size` images and wait for its own share of a batch's result."""
+        """Queue one request of `size` rows and wait for its own share of a batch's result."""
         if self._stopped:
             raise ShuttingDownError(f"{self.name} batcher stopped; retry later")
         backlog_s = self._queued_rows * self._row_seconds

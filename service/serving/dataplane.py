@@ -14,7 +14,7 @@ from service.serving.errors import InvalidInput, LimitExceeded, NotFound, NotRea
 from service.serving.latents import interpolate as interpolate_path
 from service.serving.latents import posterior_samples
 from service.serving.registry import Registry, Serving, Version
-from service.serving.signatures import SignatureSpec, served_signature
+from service.serving.signatures import SignatureSpec
 
 Outputs = dict[str, np.ndarray]
 MAX_SEED = 2**62  # seed + image index stays an int64
@@ -202,18 +202,6 @@ _SIGNATURES: dict[str, Callable[[Serving, dict[str, np.ndarray]], Awaitable[Outp
     contract.SAMPLE: lambda s, i: sample(s, _scalar(i, "num_samples"), _scalar(i, "seed")),
     contract.SCORE: lambda s, i: score(s, _image_input(i), _scalar(i, "k"), i["seeds"]),
 }
-
-
-def signature(serving: Serving, name: str) -> SignatureSpec:
-    """The spec of signature `name` (serving_default: the default signature); NotFound if the model lacks it."""
-    spec = served_signature(serving.model, name) if name in _SIGNATURES or name == contract.SERVING_DEFAULT else None
-    if spec is None:
-        raise NotFound(f"signature '{name}' is not served; signatures: {sorted(_served(serving))}")
-    return spec
-
-
-def _served(serving: Serving) -> list[str]:
-    return [name for name in _SIGNATURES if served_signature(serving.model, name) is not None]
 
 
 async def run_signature(serving: Serving, spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> Outputs:

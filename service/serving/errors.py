@@ -6,7 +6,8 @@ from pathlib import Path
 
 class ServingError(Exception):
     """A request the serving layer cannot answer. Each protocol maps the subclasses to its own status and error shape
-    in one table (service/api/*/errors.py); the message is written for the client."""
+    in one table (service/api/v1/errors.py, http/errors.TENSOR_PROTOCOL_STATUS, the gRPC codes in api/grpc); the
+    message is written for the client."""
 
     def __init__(self, message: str):
         super().__init__(message)

@@ -2,8 +2,9 @@
 
 A version is loaded, checked against the contract and warmed up off the serving path (a thread), then published: the
 routing table (`Registry.routing`) is replaced in one assignment on the event loop, so a request sees the old table or
-the new one, never a mix. A request keeps the version it picked (`deps.ready_serving` leases it until the response
-is sent); a replaced version is unloaded once its leases reach 0: its batchers stopped, its model dropped.
+the new one, never a mix. A request keeps the version it picked (`DataPlane.lease`, through
+http/versions.ready_serving, until the response is sent); a replaced version is unloaded once its leases reach 0:
+its batchers stopped, its model dropped.
 
 A version that fails to load, breaks the contract or fails its warm-up is refused: it is not retried until its folder
 changes, the failure is logged once, counted in vae_model_load_failures_total and shown in the status. Everything

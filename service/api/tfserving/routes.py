@@ -1,7 +1,7 @@
 """TF Serving REST API: predict and model metadata (the status route `GET /v1/models/{name}` is in ops.py).
 
 Signatures are chosen with `signature_name` (contract.tfserving_signature_names; serving_default is encode). Errors
-are {"error": ...} (service/errors.py)."""
+are {"error": ...} (service/http/errors.py)."""
 
 from fastapi import APIRouter, Request, Response
 

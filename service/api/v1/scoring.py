@@ -1,5 +1,5 @@
 """What only a density model serves: likelihood scores with an outlier decision, and interpolation (posterior samples
-on the image routes: service.api.v1.posterior)."""
+on the image routes: ImageRouteOptions in service.api.v1.query)."""
 
 import secrets
 from typing import Annotated, Any, Literal
