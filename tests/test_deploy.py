@@ -2,6 +2,7 @@
 with a real engine; tests/test_deploy_kubernetes.py checks the Kubernetes manifests)."""
 
 import fnmatch
+import json
 import re
 import shlex
 import subprocess
@@ -73,7 +74,7 @@ def stage_instructions(stage, instruction):
 
 def test_compose_has_api_and_train_services():
     services = load_compose("docker-compose.yml")["services"]
-    assert set(services) == {"api", "train"}
+    assert set(services) == {"api", "train", "train-0", "train-1"}
     assert services["api"]["build"]["target"] == "api"
     assert services["train"]["build"]["target"] == "train"
 
@@ -268,3 +269,14 @@ def test_dockerignore_excludes(path):
                                   "pyproject.toml"])
 def test_dockerignore_keeps(path):
     assert not dockerignored(path)
+
+
+def test_compose_distributed_profile_runs_two_workers_that_name_each_other():
+    services = load_compose("docker-compose.yml")["services"]
+    workers = [services["train-0"], services["train-1"]]
+    configs = [json.loads(worker["environment"]["TF_CONFIG"]) for worker in workers]
+    assert [config["task"] for config in configs] == [{"type": "worker", "index": 0}, {"type": "worker", "index": 1}]
+    assert all(config["cluster"]["worker"] == ["train-0:2222", "train-1:2222"] for config in configs)
+    assert all(worker["profiles"] == ["distributed"] and worker["restart"] == "on-failure" for worker in workers)
+    assert all("--strategy multi-worker --resume-if-exists" in worker["command"][0] for worker in workers)
+    assert [worker["environment"]["WORKER_INDEX"] for worker in workers] == ["0", "1"]  # the chief alone exports
