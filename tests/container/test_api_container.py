@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import contract
 from tests.container.helpers import ROOT, docker, host_port, inspect, record, unique, wait_for
 
 pytestmark = pytest.mark.container
 
-BUNDLED_V1 = ROOT / "models" / "mnist_vae" / "1"
+# The version the image serves by default: the newest bundled one.
+BUNDLED_DEFAULT = max(contract.version_folders(ROOT / "models" / "mnist_vae").items())[1]
 FIXTURES = ROOT / "tests" / "service" / "fixtures"
 
 # Runs inside the api image: what it must hold, and must not.
@@ -75,11 +77,11 @@ def test_api_runs_as_non_root_on_a_read_only_root(api):
 
 @pytest.fixture(scope="module")
 def reference():
-    """The bundled model (version 1) called directly on the host: the numbers the container must give."""
+    """The bundled default version called directly on the host: the numbers the container must give."""
     import tensorflow as tf
 
     digits = np.stack([np.asarray(Image.open(p), np.float32) / 255.0 for p in sorted(FIXTURES.glob("*.png"))])
-    signatures = tf.saved_model.load(str(BUNDLED_V1)).signatures
+    signatures = tf.saved_model.load(str(BUNDLED_DEFAULT)).signatures
     encoded = signatures["encode"](images=tf.constant(digits[..., None]))
     sampled = signatures["sample"](num_samples=tf.constant(4, tf.int32), seed=tf.constant(7, tf.int64))
     return digits, {k: v.numpy() for k, v in encoded.items()}, {k: v.numpy() for k, v in sampled.items()}
