@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Also serve the Prometheus metrics on this port, with no "
                               "API key (as Triton's 8002; the Docker image sets 8002); 0: only /metrics on the API "
                               "port.")
-    api_keys: SecretStr | None = Field(None, description="Comma-separated keys; when set (or api_keys_file), model "
-                                       "routes and /metrics need `Authorization: Bearer <key>`.")
+    api_keys: SecretStr | None = Field(None, description="Comma-separated keys; when set (or api_keys_file), every "
+                                       "path but the probes, the API docs and the playground's files needs "
+                                       "`Authorization: Bearer <key>` (gRPC: the `authorization` metadata).")
     api_keys_file: Path | None = Field(None, description="File with one API key per line (# comments allowed).")
 
     # gRPC front ends (service/api/grpc), in the same process and event loop as the HTTP server (shared batchers).
