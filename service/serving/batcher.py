@@ -105,6 +105,12 @@ class Batcher:
         self._expired = metrics.expired.labels(name, version)
         self._inference = metrics.inference.labels(name, version)
 
+    def seed(self, row_seconds: float) -> None:
+        """The model time per row measured before any call of this batcher (the version's warm-up), so that
+        admission by work holds from the first request on; its own calls refine it."""
+        if not self._row_seconds and row_seconds > 0:
+            self._row_seconds = row_seconds
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name=f"model-{self.name}-v{self.version}", daemon=True)
@@ -143,13 +149,14 @@ class Batcher:
         """Queue one request of `size` rows and wait for its own share of a batch's result."""
         if self._stopped:
             raise ShuttingDownError(f"{self.name} batcher stopped; retry later")
-        backlog_s = self._queued_rows * self._row_seconds
+        ahead = self._queued_rows
+        backlog_s = ahead * self._row_seconds
         # Admission by work: behind queued work that would keep it waiting past its deadline (which counts the wait,
         # not its own call), refuse it now. An empty queue always takes it, which keeps the time per row current.
         if backlog_s > self.deadline_s:
             self._rejected.inc()
-            raise QueueFullError(f"{self.name}: the work queued ahead takes about {backlog_s:.1f} s, over the "
-                                 f"{self.deadline_s:g} s deadline (VAE_QUEUE_DEADLINE_MS); retry later")
+            raise QueueFullError(f"{self.name}: the work queued ahead ({ahead} rows) takes about {backlog_s:.1f} s, "
+                                 f"over the {self.deadline_s:g} s deadline (VAE_QUEUE_DEADLINE_MS); retry later")
         future = self._loop.create_future()
         try:
             self._queue.put_nowait(_Item(payload, size, future, time.perf_counter()))
@@ -440,6 +447,12 @@ class Batchers:
 
     def all(self) -> tuple[Batcher, ...]:
         return tuple(b for b in (self.encode, self.decode, self.reconstruct, self.sample, self.score) if b is not None)
+
+    def seed(self, row_seconds: dict[str, float]) -> None:
+        """Each batcher's model time per row, by signature name (VaeModel.warm_up measures them)."""
+        for batcher in self.all():
+            if batcher.name in row_seconds:
+                batcher.seed(row_seconds[batcher.name])
 
     def start(self) -> None:
         for batcher in self.all():

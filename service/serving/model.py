@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,8 +108,9 @@ class VaeModel:
                                                    seeds=tf.constant(seeds, tf.int64))
         return _numpy(outputs)
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1,), threads: int = 1) -> None:
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), threads: int = 1) -> dict[str, float]:
         """Call every signature (at every batch size given), so requests do not pay for graph and kernel setup.
+        Returns each signature's model time per row at its last call (score: per decode, its second call).
         threads > 1: the signatures warm up side by side (small batches leave cores idle; TensorFlow releases the
         GIL in its ops)."""
         image_shape = self.metadata["image_shape"]
@@ -118,24 +120,29 @@ class VaeModel:
             "decode": lambda size: self.decode(np.zeros((size, self.latent_size), np.float32)),
             "sample": lambda size: self.sample(size, 0),
         }
+        k = (self.metadata.get("calibration") or {}).get("k", 1)
         if self.has_signature(contract.SCORE):  # unpadded, merged only at equal k: warmed at batch 1, calibration k
-            k = (self.metadata.get("calibration") or {}).get("k", 1)
             calls["score"] = lambda size: self.score(np.zeros((size, *image_shape), np.float32), k,
                                                      np.zeros(size, np.int64))
         # sample and score: one call per (n, seed) or k, not padded to the batch sizes
-        sizes = {name: list(batch_sizes) for name in calls} | {"sample": [1], "score": [1]}
+        sizes = {name: list(batch_sizes) for name in calls} | {"sample": [1], "score": [1, 1]}
+        row_seconds: dict[str, float] = {}
 
         def warm(name: str) -> None:
             for size in sizes[name]:
+                started = time.perf_counter()
                 calls[name](size)
+                # rows as the batchers count them: decodes for score (k per image)
+                row_seconds[name] = (time.perf_counter() - started) / (size * (k if name == "score" else 1))
 
         if threads <= 1:
             for name in calls:
                 warm(name)
-            return
-        with ThreadPoolExecutor(threads, thread_name_prefix=f"warm-up-v{self.version}") as pool:
-            for future in [pool.submit(warm, name) for name in calls]:
-                future.result()
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix=f"warm-up-v{self.version}") as pool:
+                for future in [pool.submit(warm, name) for name in calls]:
+                    future.result()
+        return row_seconds
 
 
 def _numpy(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:

@@ -288,12 +288,14 @@ class Registry:
                 return
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(record.serving.model.warm_up, ready_sizes(self.settings.batch_max_size,
-                                    self.settings.batch_ready_size), self.settings.warm_up_threads)
+            row_seconds = await asyncio.to_thread(
+                record.serving.model.warm_up, ready_sizes(self.settings.batch_max_size, self.settings.batch_ready_size),
+                self.settings.warm_up_threads)
         except Exception as err:
             self._refuse(record, "UNKNOWN", f"warm-up failed: {type(err).__name__}: {err}")
             return
         self.after_load()
+        record.serving.batchers.seed(row_seconds)  # admission by work holds from the first request on
         record.serving.batchers.start()
         record.state = State.AVAILABLE
         self._publish()

@@ -481,3 +481,29 @@ def test_padded_signatures_cut_their_batches_unless_batch_trim_is_off(client, ma
     assert batchers.sample.trim_to == frozenset()  # one call per (n, seed): nothing is padded
     untrimmed = make_client(batch_trim=False).app.state.dataplane.registry.routing.default.serving.batchers
     assert all(batcher.trim_to == frozenset() for batcher in untrimmed.all())
+
+
+def test_a_seeded_estimate_refuses_work_behind_a_long_backlog_from_the_first_request():
+    """Admission by work before any call: the version's warm-up seeds the time per row, so a burst of costly
+    requests at start is refused at once instead of queuing for calls of seconds each; an empty queue takes one."""
+    async def scenario():
+        recorder = Recorder(hold=True)
+        batcher = make(recorder, deadline_s=1.0)
+        batcher.seed(0.1)  # 0.1 s per row: 10 rows fill the deadline
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(0, 20))  # an empty queue takes it, however long
+        await asyncio.sleep(0.01)
+        try:
+            await batcher.submit(1, 1)
+        except QueueFullError as err:
+            refused = err
+        else:
+            refused = None
+        recorder.release.set()
+        answer = await first
+        await batcher.stop()
+        return refused, answer
+
+    refused, answer = asyncio.run(scenario())
+    assert refused is not None and "(20 rows) takes about 2.0 s, over the 1 s deadline" in refused.message
+    assert answer == 0
