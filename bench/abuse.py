@@ -1,5 +1,10 @@
 """Abuse benchmark: `python -m service` in a subprocess, attacked five ways; prints JSON (and writes --out).
 
+Sections 6 and 7 (json, score): JSON bodies one parser reads and another cannot write back (lone surrogates,
+integers beyond 64 bits, NaN, deep nesting, deep or non-string v2 ids, UTF-16) to every JSON protocol, each a 4xx;
+and 32 concurrent score requests at VAE_MAX_POSTERIOR_SAMPLES over /v1, KServe v2 and TF Serving while another
+client asks for a one-image score (answered, or refused at once with 503).
+
 1. heavy uploads: for every accepted format (multipart) and for JSON arrays, six (--heavy-concurrency) concurrent
    worst-case requests (each file at the pixel limit; a JPEG far over it, accepted through its draft decode; the
    JSON body at the size limit), while /readyz is polled: RSS growth over the idle server and /readyz's worst
@@ -45,7 +50,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from tests.service.fixtures import hostile  # noqa: E402
 
-SECTIONS = ("heavy", "slow", "overload", "hostile", "fairness")
+SECTIONS = ("heavy", "slow", "overload", "hostile", "fairness", "json", "score")
+MODEL = "mnist_vae"
+_VALID_V2_INPUT = ('{"name": "images", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": ['
+                   + ",".join(["0"] * 784) + "]}")
+# JSON that one parser accepts and another cannot write back, or that cannot be echoed: each must be a 4xx.
+JSON_CASES = {
+    "lone_surrogate": b'{"instances": [[[["\\ud800"]]]]}'.replace(b"\\\\", b"\\"),
+    "integer_beyond_64_bits": b'{"instances": [[[[1' + b"0" * 30 + b"]]]]}",
+    "nan_literal": b'{"instances": [NaN]}',
+    "infinity_literal": b'{"instances": [[[[Infinity]]]]}',
+    "nesting_2000_deep": b"[" * 2000 + b"]" * 2000,
+    "nesting_300_deep": b'{"instances": ' + b"[" * 300 + b"0.5" + b"]" * 300 + b"}",
+    "utf16_body": '{"instances": [[[[0.5]]]]}'.encode("utf-16"),
+    "v2_id_300_deep": ('{"id": ' + "[" * 300 + "]" * 300 + ', "inputs": [' + _VALID_V2_INPUT + "]}").encode(),
+    "v2_id_not_a_string": ('{"id": {"a": 1}, "inputs": [' + _VALID_V2_INPUT + "]}").encode(),
+}
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 MAX_BODY = 8 * 1024 * 1024
 
@@ -394,6 +414,67 @@ async def fairness(url: str, pid: int, concurrency: int, seconds: float) -> dict
     return results
 
 
+async def json_bodies(url: str) -> dict:
+    """Every JSON case to TF Serving's :predict, KServe v2's infer and /v1/encode: the statuses seen (4xx wanted)."""
+    paths = {"tfserving": f"/v1/models/{MODEL}:predict", "kserve_v2": f"/v2/models/{MODEL}/infer",
+             "v1": "/v1/encode"}
+    results = {}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for name, body in JSON_CASES.items():
+            results[name] = {}
+            for protocol, path in paths.items():
+                response = await client.post(path, content=body, headers={"content-type": "application/json"})
+                results[name][protocol] = response.status_code
+    statuses = [status for run in results.values() for status in run.values()]
+    return {"cases": results, "all_4xx": all(400 <= status < 500 for status in statuses)}
+
+
+async def capped_scores(url: str, pid: int, concurrency: int, k: int = 256, images: int = 64) -> dict:
+    """`concurrency` score requests at the cap (k x images = VAE_MAX_POSTERIOR_SAMPLES by default) over /v1, KServe
+    v2 and TF Serving at once, and a one-image score from another client meanwhile: statuses (200 or 503), RSS
+    growth, and how long the small request took and what it got."""
+    pixels = np.random.default_rng(0).random((images, 28, 28), np.float32).round(3).tolist()
+    seeds = list(range(images))
+    bodies = {
+        "v1": ("/v1/score", {"k": k}, {"images": pixels}),
+        "kserve_v2": (f"/v2/models/{MODEL}-score/infer", None, {"inputs": [
+            {"name": "images", "datatype": "FP32", "shape": [images, 28, 28, 1], "data": np.ravel(pixels).tolist()},
+            {"name": "k", "datatype": "INT32", "shape": [1], "data": [k]},
+            {"name": "seeds", "datatype": "INT64", "shape": [images], "data": seeds}]}),
+        "tfserving": (f"/v1/models/{MODEL}:predict", None, {"signature_name": "score", "inputs": {
+            "images": np.asarray(pixels)[..., None].tolist(), "k": k, "seeds": seeds}}),
+    }
+    base, seen, stop = rss_mb(pid), {}, asyncio.Event()
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        async def one(protocol: str) -> str:
+            path, params, body = bodies[protocol]
+            try:
+                return str((await client.post(path, params=params, json=body)).status_code)
+            except httpx.HTTPError as err:
+                return type(err).__name__
+
+        poller = asyncio.create_task(poll_readyz(url, pid, stop, seen))
+        protocols = [list(bodies)[i % 3] for i in range(concurrency)]
+        started = time.perf_counter()
+        capped = [asyncio.create_task(one(protocol)) for protocol in protocols]
+        await asyncio.sleep(1)  # the capped requests queued
+        small_start = time.perf_counter()
+        small = await client.post("/v1/score", params={"k": 32}, json={"images": pixels[:1]})
+        small_s = time.perf_counter() - small_start
+        statuses = await asyncio.gather(*capped)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await poller
+    by_protocol = {protocol: dict(Counter(s for p, s in zip(protocols, statuses, strict=True) if p == protocol))
+                   for protocol in bodies}
+    return {"requests": f"{concurrency} x {images} images x k={k}", "statuses": by_protocol,
+            "seconds": round(elapsed, 1), "rss_growth_mb": round(seen["rss_peak_mb"] - base),
+            "readyz_worst_ms": round(seen["readyz_worst_s"] * 1000, 1),
+            "small_score": {"status": small.status_code, "seconds": round(small_s, 2),
+                            "retry_after": small.headers.get("retry-after")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files-per-request", type=int, default=8, help="worst-case files per multipart request")
@@ -405,6 +486,7 @@ def main() -> None:
     parser.add_argument("--hostile-concurrency", type=int, default=16, help="concurrent requests per hostile class")
     parser.add_argument("--hostile-files", type=int, default=64, help="most files per hostile request")
     parser.add_argument("--fair-seconds", type=float, default=15, help="how long the small uploads are probed")
+    parser.add_argument("--score-concurrency", type=int, default=32, help="concurrent capped score requests")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout whose service to run (before/after)")
     parser.add_argument("--out", type=Path)
@@ -432,6 +514,10 @@ def main() -> None:
             results["hostile_decoding"] = classes
         if "fairness" in only:
             results["fairness"] = asyncio.run(fairness(url, process.pid, args.hostile_concurrency, args.fair_seconds))
+        if "json" in only:
+            results["json_bodies"] = asyncio.run(json_bodies(url))
+        if "score" in only:
+            results["capped_scores"] = asyncio.run(capped_scores(url, process.pid, args.score_concurrency))
         results["summary"] = summary(results)
         results["alive_after"] = httpx.get(f"{url}/readyz").status_code == 200
     finally:
@@ -443,7 +529,8 @@ def main() -> None:
 def summary(results: dict) -> dict:
     """The targets' figures: worst RSS growth of the process tree, worst /readyz, worst small-upload wait."""
     runs = [*results.get("heavy_uploads", {}).values(), *results.get("hostile_decoding", {}).values(),
-            *(run for key, run in results.get("fairness", {}).items() if key in hostile.WORST_ACCEPTED)]
+            *(run for key, run in results.get("fairness", {}).items() if key in hostile.WORST_ACCEPTED),
+            *([results["capped_scores"]] if "capped_scores" in results else [])]
     out = {}
     if runs:
         out["rss_growth_mb_max"] = max(run["rss_growth_mb"] for run in runs)
