@@ -295,7 +295,10 @@ class Registry:
             self._refuse(record, "UNKNOWN", f"warm-up failed: {type(err).__name__}: {err}")
             return
         self.after_load()
-        record.serving.batchers.seed(row_seconds)  # admission by work holds from the first request on
+        # Admission by work holds from the first score request on: score's cost grows with its rows (k x images), and
+        # its second warm-up call is a steady one. The others' warm-up calls are dominated by fixed costs (sample at
+        # n = 1), which would overstate their time per row; their own calls set it.
+        record.serving.batchers.seed({name: row_seconds[name] for name in ("score",) if name in row_seconds})
         record.serving.batchers.start()
         record.state = State.AVAILABLE
         self._publish()
