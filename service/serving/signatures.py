@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import contract
+from service.serving.errors import InvalidInput
 from service.serving.model import VaeModel
 
 
@@ -32,6 +33,17 @@ class SignatureSpec:
 
     def output(self, name: str) -> TensorSpec | None:
         return next((spec for spec in self.outputs if spec.name == name), None)
+
+
+
+def cast_input(array: np.ndarray, name: str, dtype: np.dtype, type_name: str | None = None) -> np.ndarray:
+    """`array` as input `name`'s dtype, for every tensor protocol's codec; InvalidInput if integers fall outside the
+    dtype's range (the cast would wrap them). type_name: the dtype as the protocol names it in its errors."""
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input '{name}' has values outside the range of {type_name or dtype.name}")
+    return array.astype(dtype, copy=False)
 
 
 _SPECS: "weakref.WeakKeyDictionary[VaeModel, dict[str, SignatureSpec]]" = weakref.WeakKeyDictionary()

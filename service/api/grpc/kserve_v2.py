@@ -27,7 +27,7 @@ from service.serving.errors import (
     Unsupported,
 )
 from service.serving.registry import Serving
-from service.serving.signatures import SignatureSpec, TensorSpec
+from service.serving.signatures import SignatureSpec, TensorSpec, cast_input
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # The serving layer's errors as this protocol answers them. A per-request limit (LimitExceeded, an InvalidInput) is
@@ -127,11 +127,7 @@ def _typed(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int], spec
         raise InvalidInput(f"input '{tensor.name}' has {len(values)} values, its shape {shape} needs {count}")
     dtype = spec.dtype
     array = np.array(values, dtype=np.float64 if dtype.kind == "f" else np.int64 if dtype.kind in "iu" else bool)
-    if dtype.kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise InvalidInput(f"input '{tensor.name}' has values outside the range of {dtype.name}")
-    return array.astype(dtype).reshape(shape)
+    return cast_input(array, tensor.name, dtype).reshape(shape)
 
 
 def requested_outputs(request: pb.ModelInferRequest, signature: SignatureSpec) -> list[TensorSpec]:

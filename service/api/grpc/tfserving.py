@@ -35,7 +35,7 @@ from service.serving.errors import (
     Unsupported,
 )
 from service.serving.registry import Serving, UnknownModelError, Version
-from service.serving.signatures import SignatureSpec, TensorSpec, served_signature
+from service.serving.signatures import SignatureSpec, TensorSpec, cast_input, served_signature
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -142,11 +142,7 @@ def tensor_array(proto: tensor_pb2.TensorProto, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"input '{spec.name}' has {len(values)} values in {field}, its shape {shape} needs {count}")
     kind = spec.dtype.kind
     array = np.array(values, dtype=np.float64 if kind == "f" else np.int64 if kind in "iu" else bool)
-    if kind in "iu" and array.size:
-        info = np.iinfo(spec.dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise InvalidInput(f"input '{spec.name}' has values outside the range of {spec.dtype.name}")
-    return array.astype(spec.dtype).reshape(shape)
+    return cast_input(array, spec.name, spec.dtype).reshape(shape)
 
 
 def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:

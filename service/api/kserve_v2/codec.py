@@ -18,7 +18,7 @@ from service.http.bodies import parse_json
 from service.http.errors import ProtocolError
 from service.serving.model import VaeModel
 from service.serving.registry import Serving
-from service.serving.signatures import SignatureSpec, TensorSpec, signature_specs
+from service.serving.signatures import SignatureSpec, TensorSpec, cast_input, signature_specs
 
 # KServe v2 datatype <-> numpy dtype (little-endian on the wire)
 DATATYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
@@ -137,9 +137,7 @@ def _json_data(data: Any, name: str, shape: list[int], dtype: np.dtype) -> np.nd
         raise ProtocolError(400, f"input '{name}' data must be a list of {_kind_name(dtype)} numbers")
     if array.size != prod(shape):
         raise ProtocolError(400, f"input '{name}' has {array.size} values, its shape {shape} needs {prod(shape)}")
-    if dtype.kind in "iu" and array.size and (array.min() < np.iinfo(dtype).min or array.max() > np.iinfo(dtype).max):
-        raise ProtocolError(400, f"input '{name}' has values outside the range of {dtype.name}")
-    return array.astype(dtype, copy=False).reshape(shape)
+    return cast_input(array, name, dtype).reshape(shape)
 
 
 def _kind_name(dtype: np.dtype) -> str:

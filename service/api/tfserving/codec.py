@@ -10,7 +10,7 @@ import orjson
 import contract
 from service.http.errors import ProtocolError
 from service.serving.model import VaeModel
-from service.serving.signatures import SignatureSpec, TensorSpec, served_signature, signature_specs
+from service.serving.signatures import SignatureSpec, TensorSpec, cast_input, served_signature, signature_specs
 
 Format = Literal["row", "columnar"]
 _DT = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8",
@@ -105,11 +105,7 @@ def _tensor(value: Any, spec: TensorSpec) -> np.ndarray:
     if not _shape_matches(array.shape, spec.shape):
         raise ProtocolError(400, f"input '{spec.name}' has shape {list(array.shape)}, the signature expects "
                                  f"{spec.shape_text()}")
-    if spec.dtype.kind in "iu" and array.size:
-        info = np.iinfo(spec.dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise ProtocolError(400, f"input '{spec.name}' has values outside the range of {expected}")
-    return array.astype(spec.dtype, copy=False)
+    return cast_input(array, spec.name, spec.dtype, expected)
 
 
 def _preview(value: Any, limit: int = 200) -> str:
