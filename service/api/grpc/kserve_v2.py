@@ -14,29 +14,14 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 import contract
-from service.api.grpc.server import Edge, Protocol, Refused
+from service.api.grpc.server import GRPC_STATUS, Edge, Protocol
 from service.api.kserve_v2 import codec as v2
 from service.serving import dataplane
-from service.serving.errors import (
-    DeadlineExceededError,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    ServingError,
-    Unsupported,
-)
+from service.serving.errors import InvalidInput, NotFound
 from service.serving.registry import Serving
 from service.serving.signatures import SignatureSpec, TensorSpec, cast_input
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# The serving layer's errors as this protocol answers them. A per-request limit (LimitExceeded, an InvalidInput) is
-# INVALID_ARGUMENT: the same request never succeeds, so it must not be retried (clients retry RESOURCE_EXHAUSTED,
-# which grpc itself answers for a message over VAE_GRPC_MAX_MESSAGE_BYTES).
-STATUS = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, NotFound: grpc.StatusCode.NOT_FOUND,
-          Unsupported: grpc.StatusCode.INVALID_ARGUMENT, NotReady: grpc.StatusCode.UNAVAILABLE,
-          Overloaded: grpc.StatusCode.UNAVAILABLE, DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-          ServingError: grpc.StatusCode.INTERNAL}
 # The probes stay open, as /v2/health/* do over REST.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 
@@ -224,7 +209,6 @@ def add(server: grpc.aio.Server, edge: Edge, version: str = "1") -> list[str]:
 
 
 def protocol(port: int, app_version: str) -> Protocol:
-    return Protocol("kserve_v2", port, lambda server, edge: add(server, edge, app_version), STATUS, OPEN_METHODS)
+    return Protocol("kserve_v2", port, lambda server, edge: add(server, edge, app_version), GRPC_STATUS, OPEN_METHODS)
 
 
-__all__ = ["Refused", "protocol", "STATUS"]

@@ -25,7 +25,15 @@ from prometheus_client import Counter, Histogram
 from service.http.auth import bearer_key_valid, load_api_keys
 from service.http.logs import request_id
 from service.serving.dataplane import DataPlane
-from service.serving.errors import ServingError
+from service.serving.errors import (
+    DeadlineExceededError,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    Unsupported,
+)
 from service.serving.metrics import LATENCY_BUCKETS, Metrics
 from service.settings import Settings
 
@@ -84,6 +92,17 @@ def _tolerant(message_class) -> Callable[[bytes], Any]:
             return Garbage(message_class.DESCRIPTOR.full_name, err)
 
     return deserialize
+
+
+# The serving layer's errors as both gRPC front ends answer them, with the codes TF Serving and Triton use: NOT_FOUND
+# for a model or version they do not have, INVALID_ARGUMENT for bad tensors, UNAVAILABLE while nothing is loaded or
+# the queue is full. A per-request limit (LimitExceeded, an InvalidInput) is INVALID_ARGUMENT: the same request never
+# succeeds, so it must not be retried (clients retry RESOURCE_EXHAUSTED, which grpc itself answers for a message over
+# VAE_GRPC_MAX_MESSAGE_BYTES).
+GRPC_STATUS = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, NotFound: grpc.StatusCode.NOT_FOUND,
+               Unsupported: grpc.StatusCode.INVALID_ARGUMENT, NotReady: grpc.StatusCode.UNAVAILABLE,
+               Overloaded: grpc.StatusCode.UNAVAILABLE, DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+               ServingError: grpc.StatusCode.INTERNAL}
 
 
 class Refused(Exception):

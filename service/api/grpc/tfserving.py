@@ -22,29 +22,15 @@ from tensorflow_serving.apis import (
 )
 
 import contract
-from service.api.grpc.server import Edge, Protocol
+from service.api.grpc.server import GRPC_STATUS, Edge, Protocol
 from service.api.tfserving import codec as tfserving
 from service.serving import dataplane
-from service.serving.errors import (
-    DeadlineExceededError,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    Overloaded,
-    ServingError,
-    Unsupported,
-)
+from service.serving.errors import InvalidInput, NotFound
 from service.serving.registry import Serving, UnknownModelError, Version
 from service.serving.signatures import SignatureSpec, TensorSpec, cast_input, served_signature
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
-# The serving layer's errors as this protocol answers them (TF Serving's own codes: NOT_FOUND for a servable it does
-# not have, INVALID_ARGUMENT for bad tensors, UNAVAILABLE while nothing is loaded).
-STATUS = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, NotFound: grpc.StatusCode.NOT_FOUND,
-          Unsupported: grpc.StatusCode.INVALID_ARGUMENT, NotReady: grpc.StatusCode.UNAVAILABLE,
-          Overloaded: grpc.StatusCode.UNAVAILABLE, DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-          ServingError: grpc.StatusCode.INTERNAL}
 SIGNATURE_DEF = "signature_def"
 
 _DT = {np.dtype(name): getattr(types_pb2, dt) for name, dt in
@@ -229,4 +215,4 @@ def add(server: grpc.aio.Server, edge: Edge) -> list[str]:
 
 
 def protocol(port: int) -> Protocol:
-    return Protocol("tfserving", port, add, STATUS)
+    return Protocol("tfserving", port, add, GRPC_STATUS)

@@ -410,8 +410,8 @@ def test_settings_turn_each_server_off():
 def edge_servers(tmp_path, handler, **overrides):
     """GrpcServers with one protocol whose ServerLive is `handler`, over a data plane with nothing loaded."""
 
-    from service.api.grpc.kserve_v2 import SERVICE, STATUS
-    from service.api.grpc.server import GrpcServers, Protocol
+    from service.api.grpc.kserve_v2 import SERVICE
+    from service.api.grpc.server import GRPC_STATUS, GrpcServers, Protocol
     from service.serving.dataplane import DataPlane
     from service.serving.metrics import Metrics
     from service.serving.registry import Registry
@@ -425,7 +425,7 @@ def edge_servers(tmp_path, handler, **overrides):
 
     async def start():
         return await GrpcServers.start(settings, DataPlane(Registry(settings, metrics)), metrics,
-                                       [Protocol("test", free_port(), add, STATUS)])
+                                       [Protocol("test", free_port(), add, GRPC_STATUS)])
 
     return start, metrics
 
