@@ -22,7 +22,6 @@ from service.api.v1.responses import (
     wants_png,
 )
 from service.api.v1.verdict import verdict_batch
-from service.http.openapi import query_parameters
 from service.http.routing import DirectRoute
 from service.http.versions import VERSION_PARAMETERS, cache_control, ready_serving
 from service.serving import dataplane
@@ -37,14 +36,14 @@ IMAGES_TO_IMAGES_RESPONSES = {200: {"content": schemas.PNG, "headers": schemas.P
 
 
 @router.post("/encode", response_model=schemas.Encoded, responses=schemas.ERRORS,
-             openapi_extra=schemas.images_request_body(query_parameters(ImageRouteOptions)))
+             openapi_extra=schemas.images_request_body(ImageRouteOptions))
 async def encode(request: Request) -> Response:
     """Encode images into their posterior mean, covariance and scale_tril; with `samples=k`, also k draws per image
     from q(z|x) (`samples`, shaped (B, k, d)) and the `seed` they came from."""
     serving = ready_serving(request)
     options = read_query(ImageRouteOptions, request)
     posterior = checked_posterior(serving, options)
-    batch = await read_images(request, serving.settings)
+    batch = await read_images(request, serving.settings, options=options)
     images = batch.images
     if posterior:
         out = await dataplane.posterior(serving, images, *posterior)
@@ -70,7 +69,7 @@ async def decode(request: Request, output: OutputQuery = "mode", format: FormatQ
 
 
 @router.post("/reconstruct", response_model=schemas.Reconstructed, responses=IMAGES_TO_IMAGES_RESPONSES,
-             openapi_extra=schemas.images_request_body(query_parameters(ImageRouteOptions)))
+             openapi_extra=schemas.images_request_body(ImageRouteOptions))
 async def reconstruct(request: Request, output: OutputQuery = "mode", format: FormatQuery = None) -> Response:
     """Encode images and decode their posterior means: PNG (grid) or JSON with the means. With `samples=k`, decode k
     draws per image from q(z|x) instead: a PNG with a row per image, or JSON `images` (B, k, 28, 28), `samples`."""
@@ -78,7 +77,7 @@ async def reconstruct(request: Request, output: OutputQuery = "mode", format: Fo
     options = read_query(ImageRouteOptions, request)
     posterior = checked_posterior(serving, options)
     png = wants_png(request, format)
-    batch = await read_images(request, serving.settings, png=png)
+    batch = await read_images(request, serving.settings, png=png, options=options)
     verdict_wanted = wants_verdict(options, batch)
     if posterior:
         return await _reconstruct_samples(request, serving, batch, *posterior, output, format, verdict_wanted)

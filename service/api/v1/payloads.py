@@ -104,14 +104,15 @@ class ImageBatch:
         return {"X-Preprocessing": orjson.dumps(self.preprocessing).decode()}
 
 
-async def read_images(request: Request, settings: Settings, *, png: bool = False) -> ImageBatch:
+async def read_images(request: Request, settings: Settings, *, png: bool = False,
+                      options: UploadOptions | None = None) -> ImageBatch:
     """Images from multipart file uploads (PNG, JPEG, GIF, BMP, TIFF, WebP by default) or JSON
     {"images": [28x28 arrays in [0, 1]]}.
 
     Uploads follow the query parameters invert and normalize (each auto, true or false; absent: auto, see
     service.api.v1.preprocess.preprocess). include_input=true asks for the model inputs in the answer, which a PNG
     answer (`png`) has no room for: refused with 422 before any work is done."""
-    options = read_query(UploadOptions, request)
+    options = options or read_query(UploadOptions, request)  # a route that read its own options passes them
     invert, normalize, include_input = options.invert, options.normalize, options.include_input
     if include_input and png:
         raise HTTPException(422, "include_input=true needs a JSON answer (format=json): a PNG has no room for inputs")

@@ -55,10 +55,8 @@ class UploadOptions(BaseModel):
         "(JSON answers only)."))
 
 
-class ImageRouteOptions(BaseModel):
-    """What /v1/encode and /v1/reconstruct read besides the upload options."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+class ImageRouteOptions(UploadOptions):
+    """What /v1/encode and /v1/reconstruct read: the upload options and theirs, in one validation."""
 
     verdict: AutoOrBoolean = Field("auto", description=(
         "Also answer with `verdict`, per image: whether the model understood it (a one-decode estimate of its NLL "

@@ -105,10 +105,10 @@ PREPROCESSING_HEADER = {
                   "schema": {"type": "string"}}}
 
 
-def images_request_body(more_parameters: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """openapi_extra for routes that read images (and the upload options) themselves: JSON arrays or multipart
-    uploads."""
-    parameters = [*query_parameters(UploadOptions), *VERSION_PARAMETERS, *more_parameters]
+def images_request_body(options: type[UploadOptions] = UploadOptions) -> dict[str, Any]:
+    """openapi_extra for routes that read images and their query `options` (the upload options and any more)
+    themselves: JSON arrays or multipart uploads."""
+    parameters = [*query_parameters(options), *VERSION_PARAMETERS]
     return {"parameters": parameters, "requestBody": {"required": True, "content": {
         "application/json": {"schema": ImagesBody.model_json_schema()},
         "multipart/form-data": MULTIPART_IMAGES,
