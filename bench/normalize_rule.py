@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 from report import emit  # noqa: E402
 
 from service.api.v1 import preprocess as images  # noqa: E402
+from service.api.v1.decode_pool import load_image  # noqa: E402
 from service.api.v1.decoding import DecodeLimits  # noqa: E402
-from service.api.v1.payloads import load_image  # noqa: E402
 from service.api.v1.preprocess import SIDE, looks_like_mnist, mnist_features, preprocess  # noqa: E402
 from tests.service.drawing import draw_digit, drawn_digits, encoded  # noqa: E402
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.api.v1.decode_pool import load_image
 from service.api.v1.decoding import DecodeLimits
-from service.api.v1.payloads import load_image
 
 pytestmark = pytest.mark.slow  # starts other processes or drives a browser
 

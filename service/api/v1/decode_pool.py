@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from service.api.v1.decoding import DecodeLimits, ImageError, estimated_seconds
+from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray, estimated_seconds
+from service.api.v1.preprocess import preprocess
 from service.settings import Settings
 
 _LENGTH = struct.Struct(">I")
@@ -460,19 +461,23 @@ def _read_frame(process: subprocess.Popen, deadline: float) -> tuple[dict[str, A
 
 # ---- the worker process ----
 
-def _decode_file(options: dict[str, Any], name: str, data: bytes) -> tuple[dict[str, Any], bytes]:
-    from service.api.v1.decoding import decode_gray
-    from service.api.v1.preprocess import preprocess
+def load_image(data: bytes, name: str, *, limits: DecodeLimits, invert: bool | None,
+               normalize: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one upload into a (28, 28) float32 array in [0, 1] and what was done to it (see `preprocess`); an
+    ImageError names the file, in a request of many."""
+    gray = decode_gray(data, name, limits)
+    try:
+        return preprocess(np.asarray(gray, np.float32) / 255.0, invert, normalize)
+    except ImageError as err:
+        named = repr(name) in str(err)
+        raise ImageError(str(err) if named else f"file {name!r}: {err}", err.status) from None
 
+
+def _decode_file(options: dict[str, Any], name: str, data: bytes) -> tuple[dict[str, Any], bytes]:
     limits = DecodeLimits(tuple(options["formats"]), options["max_pixels"], options["max_aspect"],
                           options["max_buffer_bytes"], options["max_jpeg_scans"], options["max_rle_pixels"],
                           options["memory_limit"])
-    gray = decode_gray(data, name, limits)
-    try:
-        pixels, done = preprocess(np.asarray(gray, np.float32) / 255.0, options["invert"], options["normalize"])
-    except ImageError as err:  # say which file, in a request of many
-        named = repr(name) in str(err)
-        raise ImageError(str(err) if named else f"file {name!r}: {err}", err.status) from None
+    pixels, done = load_image(data, name, limits=limits, invert=options["invert"], normalize=options["normalize"])
     pixels = np.ascontiguousarray(pixels, np.float32)
     return {"ok": True, "shape": list(pixels.shape), "done": done}, pixels.tobytes()
 

@@ -11,8 +11,8 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 
 from service.api.v1.decode_pool import pool_for
-from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray
-from service.api.v1.preprocess import SIDE, preprocess, untouched
+from service.api.v1.decoding import DecodeLimits, ImageError
+from service.api.v1.preprocess import SIDE, untouched
 from service.api.v1.query import UploadOptions, read_query
 from service.http.bodies import off_loop_if_large, parse_json, read_body
 from service.serving.errors import LimitExceeded
@@ -155,13 +155,6 @@ async def _uploads(request: Request, max_images: int) -> list[tuple[str, bytes]]
     if len(files) > max_images:
         raise LimitExceeded(f"the multipart body has {len(files)} files, the limit is {max_images} (VAE_MAX_IMAGES)")
     return [(upload.filename or f"#{i}", await upload.read()) for i, upload in enumerate(files)]
-
-
-def load_image(data: bytes, name: str, *, limits: DecodeLimits, invert: bool | None,
-               normalize: bool | None) -> tuple[np.ndarray, dict[str, bool]]:
-    """Decode one upload into a (28, 28) float32 array in [0, 1] and what was done to it (see `preprocess`)."""
-    gray = decode_gray(data, name, limits)
-    return preprocess(np.asarray(gray, np.float32) / 255.0, invert, normalize)
 
 
 async def _decode_uploads(request: Request, uploads: list[tuple[str, bytes]], limits: DecodeLimits,

@@ -113,7 +113,7 @@ def test_batched_small_files_keep_their_order_and_the_first_bad_one_is_named(poo
 
 
 def test_pool_decodes_like_the_in_process_path(pool, digit_pngs):
-    from service.api.v1.payloads import load_image
+    from service.api.v1.decode_pool import load_image
 
     images, done = decode(pool, [(f"d{i}.png", png) for i, png in enumerate(digit_pngs)])
     expected = [load_image(png, "d", limits=LIMITS, invert=None, normalize=None) for png in digit_pngs]

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from service.api.v1 import photo, verdict
+from service.api.v1.decode_pool import load_image
 from service.api.v1.decoding import DecodeLimits, ImageError, decode_gray
-from service.api.v1.payloads import load_image
 from service.api.v1.preprocess import INK_FRACTION, _fit_square, looks_like_mnist, mnist_features, preprocess
 
 PHOTOS = Path(__file__).parents[3] / "data" / "photos"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.api.v1.decode_pool import load_image
 from service.api.v1.decoding import DecodeLimits, ImageError
-from service.api.v1.payloads import load_image
 from service.api.v1.png import grid_shape, to_png
 from service.api.v1.preprocess import CENTRE, looks_like_mnist, mnist_features, mnist_normalize, preprocess
 from tests.service.drawing import draw_digit, encoded
