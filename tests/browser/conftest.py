@@ -1,5 +1,7 @@
-"""Browser test fixtures: the real service (`python -m service`, the bundled models under the default policy, so
-the newest version with its score signature) and a headless Debian Chromium.
+"""Browser test fixtures: the real service (`python -m service` with the newest bundled version, which has the score
+signature) and a headless Debian Chromium. The service starts on an empty base path, so it is not ready until a test
+publishes the version into it (`publish`): a first test can watch the page while the service is not ready, whatever
+the machine's speed.
 
 Tests that need Chromium skip, naming the install command, when it or Selenium is missing."""
 
@@ -9,15 +11,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from service.settings import REPO_ROOT
+import contract
+from service.settings import BUNDLED_MODEL_BASE_PATH, REPO_ROOT
 
 # VAE_TEST_MODEL_DIR: one version folder to serve instead (e.g. models/mnist_vae/1, which has no score signature).
-MODEL_ARGS = ["--model-dir", os.environ["VAE_TEST_MODEL_DIR"]] if os.environ.get("VAE_TEST_MODEL_DIR") else []
+MODEL = Path(os.environ.get("VAE_TEST_MODEL_DIR") or max(contract.version_folders(BUNDLED_MODEL_BASE_PATH).items())[1])
 INSTALL = "apt-get install -y chromium chromium-driver (and pip install -e '.[dev]' for Selenium)"
 # The machine's network is closed, and the tests must not depend on it: no Google services, no updates, no QUIC.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,20 +35,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(**env: str) -> tuple[subprocess.Popen, str]:
-    """`python -m service` on a free port with the bundled models (or VAE_TEST_MODEL_DIR) and extra VAE_* variables."""
+def start_service(*args: str, **env: str) -> tuple[subprocess.Popen, str]:
+    """`python -m service` on a free port with `args` (default: serving MODEL) and extra VAE_* variables."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *MODEL_ARGS],
+    args = args or ("--model-dir", str(MODEL))
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *args],
                                cwd=REPO_ROOT, env={**os.environ, "VAE_LOG_LEVEL": "warning", **env},
                                stderr=subprocess.PIPE)
     return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[str]:
-    """The service as soon as its port answers: the model's warm-up (seconds) may still run, so the first test can
-    watch the page while the service is not ready."""
-    process, url = start_service()
+def base_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("browser") / "mnist_vae"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(base_path) -> Iterator[str]:
+    """The service following an empty base path: it answers, and is not ready until `publish` is called."""
+    process, url = start_service("--model-base-path", str(base_path), VAE_MODEL_POLL_S="0.2")
     wait_until(process, lambda: httpx.get(f"{url}/healthz").status_code == 200)
     yield url
     process.terminate()
@@ -52,8 +63,22 @@ def server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ready_server(server) -> str:
-    """The same service once /readyz answers 200 (model loaded and warmed up)."""
+def publish(base_path) -> Callable[[], None]:
+    """Places MODEL under the base path as its own version number, the way exports do (a hidden folder, then a
+    rename); once."""
+    def place() -> None:
+        if not (base_path / MODEL.name).exists():
+            incoming = base_path / f".incoming-{MODEL.name}"
+            shutil.copytree(MODEL, incoming)
+            incoming.rename(base_path / MODEL.name)
+
+    return place
+
+
+@pytest.fixture(scope="session")
+def ready_server(server, publish) -> str:
+    """The same service once the model is published and /readyz answers 200 (loaded and warmed up)."""
+    publish()
     wait_until(None, lambda: httpx.get(f"{server}/readyz").status_code == 200)
     return server
 
