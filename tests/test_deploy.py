@@ -79,8 +79,9 @@ def test_compose_has_api_and_train_services():
     assert services["train"]["build"]["target"] == "train"
 
 
-def test_compose_api_publishes_port_8000():
-    assert load_compose("docker-compose.yml")["services"]["api"]["ports"] == ["${API_PORT:-8000}:8000"]
+def test_compose_api_publishes_http_and_both_grpc_ports():
+    assert load_compose("docker-compose.yml")["services"]["api"]["ports"] == [
+        "${API_PORT:-8000}:8000", "${GRPC_PORT:-8081}:8081", "${TFSERVING_GRPC_PORT:-8500}:8500"]
 
 
 def test_compose_api_runs_read_only_and_drains_on_stop():

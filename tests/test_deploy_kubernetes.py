@@ -210,8 +210,12 @@ def test_inference_service_predictor_is_our_image_on_kserves_port():
     assert container["name"] == "kserve-container"
     assert container["image"].startswith("mnist-vae-api:")
     env = {e["name"]: e["value"] for e in container["env"]}
-    (port,) = container["ports"]
-    assert int(env["VAE_PORT"]) == port["containerPort"] == 8080
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert int(env["VAE_PORT"]) == ports["http1"] == 8080
+    # KServe marks a port whose name holds "grpc" or "h2c" as h2c and routes the v2 gRPC service to it.
+    (grpc_port,) = [name for name in ports if "grpc" in name or "h2c" in name]
+    assert env["VAE_GRPC"] == "true" and int(env["VAE_GRPC_PORT"]) == ports[grpc_port] == 8081
+    assert env["VAE_TFSERVING_GRPC_PORT"] == "0"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -1,11 +1,14 @@
-"""docker compose with the CPU override: api up healthy, a quick trial of the train service exporting the next version
-into the shared volume, the api serving it, and everything down clean."""
+"""docker compose with the CPU override: api up healthy (HTTP, and both gRPC servers on their published ports), a
+quick trial of the train service exporting the next version into the shared volume, the api
+serving it, and everything down clean."""
 
 import json
 import time
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.container.helpers import docker, inspect, record, unique, wait_for
 
@@ -24,9 +27,17 @@ def model_version(url: str) -> int | None:
     return response.json()["version"] if response.status_code == 200 else None
 
 
+def grpc_health(address: str) -> str:
+    """The gRPC health service's status for the whole server, as its name ('SERVING')."""
+    with grpc.insecure_channel(address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
 def test_compose_trains_a_version_the_api_serves_then_comes_down_clean(mnist_dir, api_image, train_image):
     project = unique("vaetest")
-    env = {"COMPOSE_PROJECT_NAME": project, "API_PORT": "127.0.0.1:0", "MNIST_DIR": str(mnist_dir)}
+    env = {"COMPOSE_PROJECT_NAME": project, "API_PORT": "127.0.0.1:0", "GRPC_PORT": "127.0.0.1:0",
+           "TFSERVING_GRPC_PORT": "127.0.0.1:0", "MNIST_DIR": str(mnist_dir)}
 
     def compose(*args, timeout=300, extra=None):
         return docker("compose", *COMPOSE_FILES, *args, timeout=timeout, env={**env, **(extra or {})})
@@ -40,8 +51,11 @@ def test_compose_trains_a_version_the_api_serves_then_comes_down_clean(mnist_dir
         url = "http://" + compose("port", "api", "8000").stdout.strip()
         wait_for(lambda: model_version(url) is not None, 120, "compose api serving")
         bundled = model_version(url)  # the newest bundled version, from the volume filled from the image
+        for port in ("8081", "8500"):  # KServe v2 and TF Serving gRPC, published beside HTTP
+            assert grpc_health(compose("port", "api", port).stdout.strip()) == "SERVING", port
         new = bundled + 1
-        record(f"compose (CPU override) up: api healthy and serving version {bundled}", time.monotonic() - started)
+        record(f"compose (CPU override) up: api healthy, serving version {bundled} over HTTP and both gRPC ports",
+               time.monotonic() - started)
 
         started = time.monotonic()
         trained = compose("--profile", "train", "run", "--rm", "train", timeout=900, extra=TRIAL)
