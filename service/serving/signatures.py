@@ -2,6 +2,7 @@
 loaded SavedModel (the data plane calls them: service.serving.dataplane.run_signature)."""
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,16 @@ class TensorSpec:
     def shape_text(self) -> str:
         return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
 
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        """Whether a request's tensor of `shape` fits this input, for every tensor protocol's codec (KServe v2 and TF
+        Serving, REST and gRPC): the same rank with every fixed dimension equal, no negative size. A scalar input
+        (shape ()) also takes [1]: KServe v2 clients send scalars as one-element tensors (tritonclient has no
+        zero-rank tensor), and TF Serving reads a one-element list as a scalar in its row and columnar formats."""
+        if not self.shape:
+            return len(shape) == 0 or (len(shape) == 1 and shape[0] == 1)
+        return len(shape) == len(self.shape) and all(
+            d >= 0 and (e is None or d == e) for d, e in zip(shape, self.shape, strict=True))
+
 
 @dataclass(frozen=True)
 class SignatureSpec:
@@ -33,7 +44,6 @@ class SignatureSpec:
 
     def output(self, name: str) -> TensorSpec | None:
         return next((spec for spec in self.outputs if spec.name == name), None)
-
 
 
 def cast_input(array: np.ndarray, name: str, dtype: np.dtype, type_name: str | None = None) -> np.ndarray:

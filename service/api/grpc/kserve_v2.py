@@ -73,7 +73,7 @@ def parse_inputs(request: pb.ModelInferRequest, signature: SignatureSpec) -> tup
             raise InvalidInput(f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
                                f"'{model}' expects '{expected}'")
         shape = list(tensor.shape)
-        if any(d < 0 for d in shape) or not v2._shape_matches(shape, spec.shape):
+        if not spec.accepts_shape(shape):
             raise InvalidInput(f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
                                f"{spec.shape_text()}, got [{','.join(map(str, shape))}]")
         if raw:

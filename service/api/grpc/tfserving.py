@@ -105,7 +105,7 @@ def tensor_array(proto: tensor_pb2.TensorProto, spec: TensorSpec) -> np.ndarray:
     if proto.tensor_shape.unknown_rank:
         raise InvalidInput(f"input '{spec.name}' has an unknown rank; give its shape")
     shape = [dim.size for dim in proto.tensor_shape.dim]
-    if any(d < 0 for d in shape) or not tfserving._shape_matches(tuple(shape), spec.shape):
+    if not spec.accepts_shape(shape):
         raise InvalidInput(f"input '{spec.name}' has shape {shape}, the signature expects {spec.shape_text()}")
     count = prod(shape)
     typed = [field.name for field, _ in proto.ListFields() if field.name in _VALUE_FIELDS]

@@ -100,7 +100,7 @@ def _input(item: Any, body: bytes, offset: int, model: str, signature: Signature
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise ProtocolError(400, f"input '{name}' needs a 'shape': a list of non-negative integers")
-    if not _shape_matches(shape, spec.shape):
+    if not spec.accepts_shape(shape):
         raise ProtocolError(400, f"unexpected shape for input '{name}' for model '{model}'. Expected "
                                  f"{spec.shape_text()}, got [{','.join(map(str, shape))}]")
     dtype = np.dtype(DATATYPES[expected])
@@ -118,12 +118,6 @@ def _input(item: Any, body: bytes, offset: int, model: str, signature: Signature
     if "data" not in item:
         raise ProtocolError(400, f"input '{name}' has neither 'data' nor a binary_data_size parameter")
     return _json_data(item["data"], name, shape, dtype), offset
-
-
-def _shape_matches(shape: list[int], expected: tuple[int | None, ...]) -> bool:
-    if not expected:  # a scalar: [] or [1]
-        return shape in ([], [1])
-    return len(shape) == len(expected) and all(e is None or d == e for d, e in zip(shape, expected, strict=True))
 
 
 def _json_data(data: Any, name: str, shape: list[int], dtype: np.dtype) -> np.ndarray:

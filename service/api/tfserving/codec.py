@@ -1,7 +1,6 @@
 """TF Serving REST predict bodies (row `instances` / columnar `inputs`) and model metadata (`signature_def`), in the
 shapes tensorflow_serving/g3doc/api_rest.md documents and tensorflow_serving/util/json_tensor.cc writes."""
 
-from math import prod
 from typing import Any, Literal
 
 import numpy as np
@@ -102,7 +101,7 @@ def _tensor(value: Any, spec: TensorSpec) -> np.ndarray:
         found = _first_leaf(value)
         kind = "Object" if isinstance(found, dict) else type(found).__name__.replace("str", "String")
         raise ProtocolError(400, f"JSON Value: {_preview(found)} Type: {kind} is not of expected type: {expected}")
-    if not _shape_matches(array.shape, spec.shape):
+    if not spec.accepts_shape(array.shape):
         raise ProtocolError(400, f"input '{spec.name}' has shape {list(array.shape)}, the signature expects "
                                  f"{spec.shape_text()}")
     return cast_input(array, spec.name, spec.dtype, expected)
@@ -122,12 +121,6 @@ def _first_leaf(value: Any) -> Any:
         value = next((item for item in value if not isinstance(item, int | float) or isinstance(item, bool)),
                      value[0])
     return value
-
-
-def _shape_matches(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
-    if not expected:  # a scalar: TF Serving's columnar value, or one row of the row format
-        return prod(shape) == 1 and len(shape) <= 1
-    return len(shape) == len(expected) and all(e is None or d == e for d, e in zip(shape, expected, strict=True))
 
 
 def predict_response(signature: SignatureSpec, format: Format, results: dict[str, np.ndarray]) -> bytes:
