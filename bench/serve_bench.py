@@ -16,8 +16,9 @@ and as KServe v2 binary tensors (`/v2/models/mnist_vae/infer`, as tritonclient s
 in alternating runs, at concurrency 64 and 1; each concurrency-64 run is followed at once by the ceiling at its own
 mean batch and at batch 64 (a shared VM drifts within minutes). The gRPC load generator is the HTTP/1.1 one's twin:
 pre-encoded HTTP/2 frames (HPACK literals, the gRPC length prefix, the serialized ModelInferRequest) over raw asyncio
-streams, one connection per caller with one call in flight, answers read as frames and not parsed (a call with a
-message is a success: this server sends none with an error status); --grpc-client aio uses grpc.aio instead (about
+streams, one connection per caller with one call in flight, answers read as frames (from what each read of the
+socket brought, as the HTTP/1.1 client reads its answers) and not parsed (a call with a message is a success: this
+server sends none with an error status); --grpc-client aio uses grpc.aio instead (about
 four times the client CPU). Each run reports the client's own CPU seconds.
 """
 
@@ -196,6 +197,7 @@ class H2Caller:
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(*self.address)
+        self.buffer = bytearray()
         self.stream, self.window, self.stream_window = 1, 65535, 65535
         # Our receive windows as large as HTTP/2 allows, so the server never waits for a WINDOW_UPDATE from us.
         settings = (4).to_bytes(2, "big") + H2_MAX_WINDOW.to_bytes(4, "big") + (2).to_bytes(2, "big") + bytes(4)
@@ -232,10 +234,16 @@ class H2Caller:
     async def _frame(self, stream: int | None) -> tuple[int, int]:
         """Read one frame, answer what the connection needs (SETTINGS and PING acks, windows); (type, flags) of a
         frame on `stream`, else (-1, 0)."""
-        head = await self.reader.readexactly(9)
-        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-        on = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-        payload = await self.reader.readexactly(length) if length else b""
+        buffer = self.buffer
+        while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3], "big"):
+            data = await self.reader.read(65536)  # what has arrived: most answers take one read, as over HTTP/1.1
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(buffer), None)
+            buffer += data
+        length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+        on = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+        payload = bytes(buffer[9:9 + length])
+        del buffer[:9 + length]
         if kind == H2_SETTINGS and not flags & H2_ACK:
             for i in range(0, len(payload), 6):
                 if int.from_bytes(payload[i:i + 2], "big") == 4:  # SETTINGS_INITIAL_WINDOW_SIZE
