@@ -5,7 +5,13 @@ hot model routes read their own options), FastAPI's request handler still solves
 validates nothing, on every request. DirectRoute hands such an endpoint to FastAPI as the route handler itself,
 through the documented extension point (APIRoute.get_route_handler, "Custom Request and APIRoute class" in FastAPI's
 docs); FastAPI still wraps it (exception handlers, its exit stacks) and documents it in the OpenAPI schema. Any other
-endpoint gets FastAPI's own handler."""
+endpoint gets FastAPI's own handler.
+
+AppRoute is the DirectRoute that `add_routes` puts on the app's own router for the hot protocol routers. A request
+is matched against the routes in order, and FastAPI's matching of each route it passes costs about 2 us (its
+included-router context, then the path's regular expression). AppRoute.matches first compares the path with the
+route's literal prefix and suffix (`/v2/models/`, `/infer`) and turns a path without them away at once, as the
+regular expression would."""
 
 import inspect
 from collections.abc import Callable, Coroutine
@@ -13,6 +19,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import Scope
 
 
 class DirectRoute(APIRoute):
@@ -20,6 +28,27 @@ class DirectRoute(APIRoute):
         if request_only(self.endpoint) and not self.dependencies:
             return self.endpoint
         return super().get_route_handler()
+
+
+class AppRoute(DirectRoute):
+    """A DirectRoute whose path is final (on the app's own router, not inside an included router, whose routes FastAPI
+    matches through its own context): see the module's docstring."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        literal = "{" not in self.path_format
+        # A path without parameters is matched by equality; else it must start and end as the template does.
+        self._exact = self.path_format if literal else None
+        self._prefix = self.path_format.partition("{")[0]
+        self._suffix = "" if literal else self.path_format.rpartition("}")[2]
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and not scope.get("root_path"):  # under a root path: FastAPI's own matching
+            path = scope["path"]
+            if (path != self._exact) if self._exact is not None else not (
+                    path.startswith(self._prefix) and path.endswith(self._suffix)):
+                return Match.NONE, {}
+        return super().matches(scope)
 
 
 def request_only(endpoint: Callable[..., Any]) -> bool:
@@ -36,7 +65,7 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
     protocols' hot routers. FastAPI 0.165 serves an included router's routes through a resolution layer that
     matches each request twice: about 70 us more event-loop time per v2 inference request and 30 us per /v1/encode
     on this VM (`bench/serve_ab.py`, docs/design.md). The same routes, handlers and OpenAPI schema as include_router
-    gives."""
+    gives; DirectRoutes become AppRoutes."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"add_routes takes API routes only, got {route!r}")
@@ -46,4 +75,5 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
             response_model=route.response_model, responses=route.responses, status_code=route.status_code,
             response_class=route.response_class, deprecated=route.deprecated, operation_id=route.operation_id,
             include_in_schema=route.include_in_schema, openapi_extra=route.openapi_extra,
-            dependencies=route.dependencies, route_class_override=type(route))
+            dependencies=route.dependencies,
+            route_class_override=AppRoute if type(route) is DirectRoute else type(route))

@@ -38,6 +38,21 @@ def _model(request: Request) -> tuple[Serving, str, SignatureSpec]:
     return serving, name, signature
 
 
+# Declared first, the versionless path first (the decorator nearest the function registers first): a request is
+# matched against the routes in their order, and this one carries the load.
+@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/infer")
+async def infer(request: Request) -> Response:
+    """Inference: JSON tensors, or binary tensors after a JSON header (Inference-Header-Content-Length)."""
+    serving, name, signature = _model(request)
+    limit = serving.settings.max_body_bytes
+    body = await read_body(request, limit)
+    parsed = await off_loop_if_large(len(body), _parse, body, request.headers, limit, name, signature)
+    results = await dataplane.run_signature(serving, signature, parsed.inputs)
+    content, headers, media_type = v2.infer_response(parsed, name, serving.model.version, results)
+    return Response(content, headers=headers, media_type=media_type)
+
+
 @router.get("")
 async def server_metadata(request: Request) -> Response:
     """Server metadata: name, version and the protocol extensions supported."""
@@ -74,19 +89,6 @@ async def model_ready(request: Request) -> Response:
         return Response(status_code=400)
     _model(request)
     return Response(status_code=200)
-
-
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
-async def infer(request: Request) -> Response:
-    """Inference: JSON tensors, or binary tensors after a JSON header (Inference-Header-Content-Length)."""
-    serving, name, signature = _model(request)
-    limit = serving.settings.max_body_bytes
-    body = await read_body(request, limit)
-    parsed = await off_loop_if_large(len(body), _parse, body, request.headers, limit, name, signature)
-    results = await dataplane.run_signature(serving, signature, parsed.inputs)
-    content, headers, media_type = v2.infer_response(parsed, name, serving.model.version, results)
-    return Response(content, headers=headers, media_type=media_type)
 
 
 def _parse(body: bytes, headers, limit: int, name: str, signature: SignatureSpec) -> v2.InferRequest:

@@ -36,8 +36,8 @@ def _serving(request: Request) -> Serving:
     return serving
 
 
-@router.post("/{name}:predict")
 @router.post("/{name}/versions/{version}:predict")
+@router.post("/{name}:predict")  # registered first (the decorator nearest the function): the common path
 async def predict(request: Request) -> Response:
     """Predict with `signature_name` and `instances` (row format) or `inputs` (columnar format)."""
     serving = _serving(request)

@@ -47,3 +47,26 @@ def test_direct_and_fastapi_handled_endpoints_answer_alike():
             assert client.get(path).text == path
             failed = client.get(path, params={"fail": "true"})
             assert (failed.status_code, failed.json()) == (418, {"detail": "as asked"})
+
+
+def test_app_routes_turn_away_exactly_the_paths_fastapi_would():
+    """AppRoute's literal prefix and suffix check answers as FastAPI's own matching, for every hot route."""
+    from starlette.routing import Match
+
+    from service.http.routing import AppRoute
+
+    app = create_app()
+    routes = [route for route in app.router.routes if isinstance(route, AppRoute)]
+    assert {"/v1/encode", "/v2/models/{name}/infer", "/v1/models/{name}:predict"} <= {route.path for route in routes}
+    paths = ["/v1/encode", "/v1/encode/", "/v1/encodex", "/v2", "/v2/", "/v2/models/mnist_vae/infer",
+             "/v2/models/mnist_vae/versions/2/infer", "/v2/models/a/b/infer", "/v2/models//infer", "/v2/models/x",
+             "/v2/models/x/ready", "/v2/health/live", "/v1/models/mnist_vae:predict", "/v1/models/m/versions/1:predict",
+             "/v1/models/mnist_vae/metadata", "/v1/models/:predict", "/healthz", "/", ""]
+    for route in routes:
+        for path in paths:
+            for method in ("GET", "POST"):
+                for root_path in ("", "/api"):
+                    scope = {"type": "http", "path": root_path + path, "root_path": root_path, "method": method}
+                    expected = super(AppRoute, route).matches(dict(scope))
+                    assert route.matches(dict(scope)) == expected, (route.path, path, method, root_path)
+                    assert (expected[0] is Match.NONE) == (route.matches(dict(scope))[0] is Match.NONE)
