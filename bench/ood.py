@@ -115,24 +115,34 @@ def png(image):
     return buffer.getvalue()
 
 
+# An upload the service refuses (422: its preprocessing finds no digit, e.g. a blank page) counts as the most
+# anomalous answer (NLL 1e9): it is rejected before it is scored.
+REFUSED = {"nll": 1e9, "percentile": 100.0, "llr": -1e9, "llr_percentile": 0.0}
+
+
 def score(client, images, mode, seed, batch=64):
     """NLL, its percentile, llr and its percentile of every image, through POST /v1/score (default k, threshold and
-    preprocessing; the llr fields come with every response of a model with a background model)."""
-    nll, percentile, llr, llr_percentile = [], [], [], []
-    for lo in range(0, len(images), batch):
-        part = images[lo : lo + batch]
+    preprocessing; the llr fields come with every response of a model with a background model), and how many
+    uploads were refused. A refused batch of uploads is sent again one image at a time, to find which."""
+
+    def post(part, first):
         if mode == "json":
-            response = client.post(f"/v1/score?seed={seed + lo}", json={"images": part.tolist()})
-        else:
-            files = [("files", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(part)]
-            response = client.post(f"/v1/score?seed={seed + lo}", files=files)
+            return client.post(f"/v1/score?seed={seed + first}", json={"images": part.tolist()})
+        files = [("files", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(part)]
+        return client.post(f"/v1/score?seed={seed + first}", files=files)
+
+    rows = []
+    for lo in range(0, len(images), batch):
+        response = post(images[lo : lo + batch], lo)
+        if response.status_code == 422 and mode == "upload":
+            for i in range(lo, min(lo + batch, len(images))):
+                one = post(images[i : i + 1], i)
+                rows += [REFUSED] if one.status_code == 422 else one.raise_for_status().json()["scores"]
+            continue
         response.raise_for_status()
-        rows = response.json()["scores"]
-        nll += [row["nll"] for row in rows]
-        percentile += [row["percentile"] for row in rows]
-        llr += [row["llr"] for row in rows]
-        llr_percentile += [row["llr_percentile"] for row in rows]
-    return np.array(nll), np.array(percentile), np.array(llr), np.array(llr_percentile)
+        rows += response.json()["scores"]
+    refused = sum(row is REFUSED for row in rows)
+    return (*(np.array([row[key] for row in rows], dtype=float) for key in REFUSED), refused)
 
 
 def flagged(percentile, threshold, test):
@@ -148,7 +158,7 @@ def flagged(percentile, threshold, test):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder with the four MNIST IDX .gz files")
-    p.add_argument("--model-dir", default=str(ROOT / "models" / "mnist_vae" / "2"))
+    p.add_argument("--model-dir", default=str(ROOT / "models" / "mnist_vae" / "3"))
     p.add_argument("--inliers", type=int, default=500, help="real MNIST test digits (the first N)")
     p.add_argument("--per-set", type=int, default=100, help="images per out-of-distribution set")
     p.add_argument("--threshold", type=float, default=99.0)
@@ -173,18 +183,20 @@ def main(argv=None):
         meta = client.get("/v1/model").json()
         result["model"] = {"name": meta["name"], "version": meta["version"]}
         for mode in ("json", "upload"):
-            in_nll, in_pct, in_llr, in_llr_pct = score(client, inliers, mode, seed=1_000_000)
-            rows = {"mnist_test": {"images": len(inliers), "median_nll": float(np.median(in_nll)),
+            in_nll, in_pct, in_llr, in_llr_pct, in_refused = score(client, inliers, mode, seed=1_000_000)
+            rows = {"mnist_test": {"images": len(inliers), "refused": in_refused,
+                                   "median_nll": float(np.median(in_nll)),
                                    "median_llr": float(np.median(in_llr)),
                                    "flagged_upper": float(flagged(in_pct, args.threshold, "upper").mean()),
                                    "flagged_two_sided": float(flagged(in_pct, args.threshold, "two-sided").mean()),
                                    "flagged_ratio": float(flagged(in_llr_pct, args.threshold, "ratio").mean())}}
             for name, images in sets.items():
-                nll, pct, llr, llr_pct = score(client, images, mode, seed=2_000_000)
+                nll, pct, llr, llr_pct, refused = score(client, images, mode, seed=2_000_000)
                 labels = np.r_[np.zeros(len(in_nll)), np.ones(len(nll))]
                 typicality_in, typicality_out = np.abs(in_pct - 50), np.abs(pct - 50)
                 rows[name] = {
                     "images": len(images),
+                    "refused": refused,
                     "median_nll": float(np.median(nll)),
                     "auroc_nll": float(roc_auc_score(labels, np.r_[in_nll, nll])),
                     "median_llr": float(np.median(llr)),
