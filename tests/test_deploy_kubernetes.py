@@ -180,8 +180,9 @@ def strict(schema):
 
 @pytest.fixture(scope="module")
 def inference_service_schema():
-    crd = yaml.safe_load(gzip.decompress((KSERVE / "schema" / "serving.kserve.io_inferenceservices.yaml.gz")
-                                         .read_bytes()))
+    # libyaml's loader (PyYAML's C binding): the vendored CRD is a 2 MB file that the pure-Python loader parses slowly.
+    crd = yaml.load(gzip.decompress((KSERVE / "schema" / "serving.kserve.io_inferenceservices.yaml.gz").read_bytes()),
+                    Loader=yaml.CSafeLoader)
     assert crd["spec"]["names"]["kind"] == "InferenceService"
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
     return strict(version["schema"]["openAPIV3Schema"])

@@ -2,6 +2,7 @@
 Kubernetes' own schemas (strict), the TFJob against the Kubeflow Training Operator's vendored CRD schema, and the
 TF_CONFIG the Indexed Job's shell builds against training's own TF_CONFIG check. No cluster runs here."""
 
+import functools
 import gzip
 import json
 import os
@@ -25,8 +26,11 @@ def docs(name):
     return {doc["kind"]: doc for doc in yaml.safe_load_all((TRAINING / name).read_text())}
 
 
+@functools.cache
 def tfjob_schema():
-    crd = yaml.safe_load(gzip.decompress((TRAINING / "schema" / "kubeflow.org_tfjobs.yaml.gz").read_bytes()))
+    # libyaml's loader (PyYAML's C binding): the vendored CRD is a large file that the pure-Python loader parses slowly.
+    crd = yaml.load(gzip.decompress((TRAINING / "schema" / "kubeflow.org_tfjobs.yaml.gz").read_bytes()),
+                    Loader=yaml.CSafeLoader)
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return version["schema"]["openAPIV3Schema"]
 

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -29,20 +30,23 @@ def test_resume_without_a_run_is_refused(tmp_path, mnist_dir):
         train(tmp_path, ModelConfig(), TrainConfig(), data_dir=mnist_dir, resume=True, verbose=0)
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path, mnist_dir):
-    cfg = TrainConfig(epochs=1, batch_size=32, train_limit=128)
-    small = ModelConfig(encoded_size=4, base_depth=8)
-    first = train(tmp_path, small, cfg, data_dir=mnist_dir, verbose=0)
-    weights_after_epoch_1 = [w.copy() for w in first.encoder_body.get_weights()]
-    restored, _, checkpoint = restore_weights(tmp_path)
-    assert checkpoint.endswith("ckpt-1")
-    for a, b in zip(weights_after_epoch_1, restored.encoder_body.get_weights(), strict=True):
+def test_resume_continues_from_the_last_checkpoint(tiny_run, tmp_path, mnist_dir):
+    """A copy of the session's two-epoch run, resumed as after an interruption: one more epoch, not three."""
+    run_dir, vae = tiny_run
+    resumed = tmp_path / "run"
+    shutil.copytree(run_dir, resumed)
+    restored, _, checkpoint = restore_weights(resumed)
+    assert checkpoint.endswith("ckpt-2")
+    for a, b in zip(vae.encoder_body.get_weights(), restored.encoder_body.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
-    # A second invocation (as after an interruption) asks for 3 epochs in all: it runs epochs 2 and 3 only,
-    # keeps the saved model config (the one passed here is ignored) and appends to the history.
-    train(tmp_path, ModelConfig(encoded_size=99), TrainConfig(epochs=3), data_dir=mnist_dir, resume=True, verbose=0)
-    assert [row["epoch"] for row in read_history(tmp_path)] == [0, 1, 2]
-    _, config, checkpoint = restore_weights(tmp_path)
-    assert checkpoint.endswith("ckpt-3") and config["model"]["encoded_size"] == 4
-    assert config["train"]["epochs"] == 3 and config["train"]["train_limit"] == 128
+    # A second invocation asks for 3 epochs in all: it runs epoch 3 only, keeps the saved model config (the one
+    # passed here is ignored) and appends to the history.
+    again = train(resumed, ModelConfig(encoded_size=99), TrainConfig(epochs=3), data_dir=mnist_dir, resume=True,
+                  verbose=0)
+    assert len(again.step_losses) == 256 // 32, "one epoch of steps, not three"
+    assert [row["epoch"] for row in read_history(resumed)] == [0, 1, 2]
+    assert read_history(resumed)[:2] == read_history(run_dir)
+    _, config, checkpoint = restore_weights(resumed)
+    assert checkpoint.endswith("ckpt-3") and config["model"]["encoded_size"] == 16
+    assert config["train"]["epochs"] == 3 and config["train"]["train_limit"] == 256
