@@ -7,7 +7,8 @@ falls on every variant alike. Prints one JSON line per run, then the medians as 
 A variant is a checkout directory, optionally followed by ':' and ';'-separated VAR=VALUE environment settings. Each
 run starts that checkout's `python -m service` with its bundled model, drives single-image encode requests (our
 JSON, or KServe v2 binary tensors with --protocol v2) for --warmup + --duration seconds, and reports requests/s, p50,
-the event loop's CPU per request and the mean model call time per batch.
+the event loop's CPU per request and the mean model call time per batch; with two or more variants, each later
+variant's per-round req/s ratios to the first and their median (the figure the request-path budget is judged by).
 """
 
 import argparse
@@ -64,6 +65,16 @@ def main() -> None:
             print(json.dumps({"variant": variant, **runs[variant][-1]}), file=sys.stderr)
     medians = {variant: {key: statistics.median(r[key] for r in results) for key in results[0]}
                for variant, results in runs.items()}
+    # Each later variant against the first, round by round (both ran minutes apart at most): the ratio of req/s and
+    # the difference of event-loop CPU per request, and their medians.
+    first = runs[args.variants[0]]
+    for variant in args.variants[1:]:
+        ratios = [round(b["rps"] / a["rps"], 3) for a, b in zip(first, runs[variant], strict=True)]
+        loop = [b["event_loop_us_per_request"] - a["event_loop_us_per_request"]
+                for a, b in zip(first, runs[variant], strict=True)]
+        medians[variant] |= {"rps_ratios": ratios, "rps_ratio_median": statistics.median(ratios),
+                             "event_loop_us_differences": loop,
+                             "event_loop_us_difference_median": statistics.median(loop)}
     print(json.dumps(medians, indent=2))
 
 

@@ -30,6 +30,27 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/static-offline-docs"})
+
+
+def protocol_of(path: str) -> str:
+    """The `protocol` label of the HTTP request metrics for a route template (or an unmatched request's path): the
+    protocols' names as the gRPC metrics give them (kserve_v2, tfserving), v1 for our own API, then ops, playground,
+    docs; anything else (an unmatched path outside them) is other. The metrics middleware asks once per route."""
+    if v2.belongs(path):
+        return v2.PROTOCOL
+    if tfserving.belongs(path):  # TF Serving's model status route (api/ops) too
+        return tfserving.PROTOCOL
+    if path.startswith("/v1/"):
+        return "v1"
+    if path in OPS_PATHS:
+        return "ops"
+    if path in playground.PAGE_PATHS:
+        return "playground"
+    return "docs" if path in DOCS_PATHS else "other"
+
+
 def create_app(settings: Settings | None = None, on_failure: Callable[[], None] | None = None,
                tuning: ProcessTuning | None = None) -> FastAPI:
     """on_failure: called if no version can be served at start (after /healthz starts answering 503). tuning: the
@@ -79,7 +100,7 @@ def create_app(settings: Settings | None = None, on_failure: Callable[[], None] 
     app.state.dataplane = DataPlane(registry)
     app.add_middleware(VersionHeaderMiddleware)  # innermost: ends the request's version lease when it answers
     open_paths = OPEN_PATHS | (playground.PAGE_PATHS if settings.playground else frozenset())
-    install_middleware(app, settings, metrics, open_paths)
+    install_middleware(app, settings, metrics, open_paths, protocol_of)
     install_error_handlers(app, settings.retry_after_s, [(v2.belongs, v2.STATUS), (tfserving.belongs, tfserving.STATUS),
                                                          (lambda path: True, v1_errors.STATUS)])
     return app

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import re
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
@@ -144,12 +145,13 @@ class _Exchange:
         await failed_response(self.scope["path"], failed)(self.scope, self.receive, self.send)
 
 
-def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics, open_paths: frozenset[str]) -> None:
-    """Outermost first: metrics (so they count every answer, 401s and 503s included), the guard, access control
-    (every path but `open_paths`)."""
+def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics, open_paths: frozenset[str],
+                       protocol_of: Callable[[str], str]) -> None:
+    """Outermost first: metrics (so they count every answer, 401s and 503s included; `protocol_of` names a route's
+    protocol), the guard, access control (every path but `open_paths`)."""
     keys = load_api_keys(settings)
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys, open_paths=open_paths)
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        max_connections=settings.max_connections, retry_after_s=settings.retry_after_s)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, protocol_of=protocol_of)

@@ -11,10 +11,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         labels = {"registry": self.registry}
-        self.requests = Counter("vae_http_requests_total", "HTTP requests by route and status.",
-                                ["method", "route", "status"], **labels)
+        # protocol: v1, kserve_v2, tfserving (the gRPC metrics' names for the same protocols), ops, playground, docs
+        self.requests = Counter("vae_http_requests_total", "HTTP requests by protocol, route and status.",
+                                ["protocol", "method", "route", "status"], **labels)
         self.latency = Histogram("vae_http_request_duration_seconds", "HTTP request latency.",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS, **labels)
+                                 ["protocol", "method", "route"], buckets=LATENCY_BUCKETS, **labels)
         # Model metrics carry the model version that served (several are loaded during a rollout).
         model = ["signature", "version"]
         self.inference = Histogram("vae_model_inference_seconds", "Model call time per batch.",

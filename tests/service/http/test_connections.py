@@ -159,7 +159,7 @@ def test_disconnect_cancels_handler_counts_499_and_logs_one_line(server, caplog)
         time.sleep(0.05)
     time.sleep(0.1)
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'vae_http_requests_total{method="GET",route="/test/slow",status="499"} 1.0' in metrics
+    assert 'vae_http_requests_total{method="GET",protocol="other",route="/test/slow",status="499"} 1.0' in metrics
     lines = [record for record in caplog.records if "/test/slow" in record.getMessage()]
     assert [record.getMessage() for record in lines] == ["client disconnected from GET /test/slow"]
     assert lines[0].levelno == logging.INFO

@@ -84,7 +84,7 @@ def test_e2e_samples_png_and_health(server):
     assert Image.open(io.BytesIO(response.content)).size == (56, 56)
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     metrics = httpx.get(f"{server}/metrics").text
-    assert 'vae_http_requests_total{method="GET",route="/v1/samples",status="200"}' in metrics
+    assert 'vae_http_requests_total{method="GET",protocol="v1",route="/v1/samples",status="200"}' in metrics
 
 
 def test_e2e_drawn_jpeg_digit_normalised_by_default(server):

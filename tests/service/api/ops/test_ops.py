@@ -74,7 +74,7 @@ def test_metrics_count_requests_and_batches(client, digits):
     response = client.get("/metrics")
     assert response.status_code == 200
     text = response.text
-    assert 'vae_http_requests_total{method="POST",route="/v1/encode",status="200"}' in text
+    assert 'vae_http_requests_total{method="POST",protocol="v1",route="/v1/encode",status="200"}' in text
     version = client.app.state.dataplane.registry.routing.default.number
     assert f'vae_batch_size_images_count{{signature="encode",version="{version}"}}' in text
     assert f'vae_model_inference_seconds_count{{signature="encode",version="{version}"}}' in text
