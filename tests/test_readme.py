@@ -97,6 +97,7 @@ def workdir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # starts other processes: `python -m service`, bash and curl, the examples' interpreters
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the examples use curl: apt-get install curl")
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"{doc}-{i + 1}" for i, (doc, _, _) in enumerate(BLOCKS)])
 def test_api_example_runs(index, live_service, workdir):
@@ -112,6 +113,7 @@ def test_api_example_runs(index, live_service, workdir):
     assert out.returncode == 0, f"{doc}: example block {index + 1} ({language}) failed:\n{out.stderr[-4000:]}"
 
 
+@pytest.mark.slow  # reads what test_api_example_runs wrote
 def test_readme_examples_wrote_real_images(live_service, workdir):
     """After the blocks ran: the files they wrote are real images (the order of tests in this module is kept)."""
     from PIL import Image

@@ -1,18 +1,10 @@
 """Regressions from the final review: digit-like strings that int() refuses, and request sizes that must stay
 within the limits of one model call."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 import contract
-from service.app import create_app
-from service.settings import Settings
-from tests.service.conftest import wait_until_ready
-
-VERSION_2 = Path(__file__).resolve().parents[2] / "models" / "mnist_vae" / "2"
 
 
 @pytest.mark.parametrize("text,expected", [("12", True), ("0", True), ("²", False), ("1" * 19, False),
@@ -40,12 +32,12 @@ def test_posterior_reconstruct_is_capped_by_the_images_it_returns(client, digit_
     assert response.status_code == 422 and "VAE_MAX_IMAGES" in response.json()["detail"]
 
 
-def test_score_requests_are_sized_by_samples_so_merged_calls_stay_within_the_cap():
-    with TestClient(create_app(Settings(model_dir=VERSION_2, max_posterior_samples=64))) as client:
-        wait_until_ready(client)
-        score = client.app.state.dataplane.registry.routing.default.serving.batchers.score
-        assert score.max_size == 64  # k x images per model call, not images
-        response = client.post("/v1/score?k=16&seed=1", json={"images": np.zeros((4, 28, 28)).tolist()})
-        assert response.status_code == 200 and len(response.json()["scores"]) == 4
-        response = client.post("/v1/score?k=16&seed=1", json={"images": np.zeros((5, 28, 28)).tolist()})
-        assert response.status_code == 422 and "VAE_MAX_POSTERIOR_SAMPLES" in response.json()["detail"]
+def test_score_requests_are_sized_by_samples_so_merged_calls_stay_within_the_cap(make_client, fake_base_path):
+    """The fake of version 2 (a score signature): the limit is the service's, whatever the model answers."""
+    client = make_client(model_dir=fake_base_path / "2", max_posterior_samples=64)
+    score = client.app.state.dataplane.registry.routing.default.serving.batchers.score
+    assert score.max_size == 64  # k x images per model call, not images
+    response = client.post("/v1/score?k=16&seed=1", json={"images": np.zeros((4, 28, 28)).tolist()})
+    assert response.status_code == 200 and len(response.json()["scores"]) == 4
+    response = client.post("/v1/score?k=16&seed=1", json={"images": np.zeros((5, 28, 28)).tolist()})
+    assert response.status_code == 422 and "VAE_MAX_POSTERIOR_SAMPLES" in response.json()["detail"]

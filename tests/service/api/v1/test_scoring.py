@@ -1,8 +1,8 @@
-"""POST /v1/score, /v1/interpolate and posterior samples on encode/reconstruct, against the bundled version 2 (and
-version 1 for the clear 409)."""
+"""POST /v1/score, /v1/interpolate and posterior samples on encode/reconstruct, against the bundled version 2 (the
+session's app of it, shared with the other tests about what the real model answers), and the fakes of versions 1 and
+2 for what the routes answer whatever the model (the clear 409s)."""
 
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +16,16 @@ from service.app import create_app
 from service.serving.batcher import keyed, same_key
 from service.serving.latents import interpolate, posterior_samples
 from service.settings import REPO_ROOT, Settings
+from tests.service.conftest import wait_until_ready
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-V1, V2 = (REPO_ROOT / "models" / "mnist_vae" / str(version) for version in (1, 2))
-
-
-def started(client: TestClient) -> TestClient:
-    deadline = time.monotonic() + 120
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "not ready after 120 s"
-        time.sleep(0.05)
-    return client
+V2 = REPO_ROOT / "models" / "mnist_vae" / "2"
 
 
 @pytest.fixture(scope="module")
-def v2() -> TestClient:
-    with TestClient(create_app(Settings(model_dir=V2))) as client:
-        yield started(client)
-
-
-@pytest.fixture(scope="module")
-def v1() -> TestClient:
-    with TestClient(create_app(Settings(model_dir=V1))) as client:
-        yield started(client)
+def v2(make_client) -> TestClient:
+    """The real version 2, started once for the session (make_client's app for this model_dir)."""
+    return make_client(model_dir=V2)
 
 
 @pytest.fixture(scope="module")
@@ -151,19 +138,19 @@ def test_ratio_flags_blank_constant_and_noise_and_few_real_digits(v2, real_digit
     assert all(row["outlier"] and row["llr_percentile"] == 0 for row in rows)
 
 
-def test_ratio_needs_a_background_model(tmp_path, real_digits):
+def test_ratio_needs_a_background_model(tmp_path, fake_base_path, real_digits):
     """A version 2 export calibrated before the background model existed: the llr fields are absent, test=ratio is
-    a 409 naming what is missing, the other tests still answer."""
+    a 409 naming what is missing, the other tests still answer. (The fake of version 2: what the route answers.)"""
     import json
     import shutil
 
     folder = tmp_path / "mnist_vae" / "2"
-    shutil.copytree(V2, folder)
+    shutil.copytree(fake_base_path / "2", folder)
     meta = json.loads((folder / "metadata.json").read_text())
     del meta["calibration"]["background"]
     (folder / "metadata.json").write_text(json.dumps(meta))
     with TestClient(create_app(Settings(model_dir=folder))) as client:
-        started(client)
+        wait_until_ready(client)
         images = {"images": real_digits[:1].tolist()}
         response = client.post("/v1/score", params={"test": "ratio"}, json=images)
         assert response.status_code == 409 and "calibration.background" in response.json()["detail"]
@@ -207,7 +194,9 @@ def test_score_bad_input_is_a_clear_4xx(v2, real_digits):
     assert v2.post("/v1/score", json={"images": [[[2.0] * 28] * 28]}).status_code == 422
 
 
-def test_version_1_is_served_and_new_routes_name_what_it_lacks(v1, real_digits):
+def test_version_1_is_served_and_new_routes_name_what_it_lacks(client, real_digits):
+    """The session's default client: the fake of version 1 (schema 1, no score signature)."""
+    v1 = client
     assert v1.post("/v1/encode", json={"images": real_digits[:1].tolist()}).status_code == 200
     response = v1.post("/v1/score", json={"images": real_digits[:1].tolist()})
     assert response.status_code == 409
