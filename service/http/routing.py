@@ -8,10 +8,10 @@ docs); FastAPI still wraps it (exception handlers, its exit stacks) and document
 endpoint gets FastAPI's own handler.
 
 AppRoute is the DirectRoute that `add_routes` puts on the app's own router for the hot protocol routers. A request
-is matched against the routes in order, and FastAPI's matching of each route it passes costs about 2 us (its
-included-router context, then the path's regular expression). AppRoute.matches first compares the path with the
-route's literal prefix and suffix (`/v2/models/`, `/infer`) and turns a path without them away at once, as the
-regular expression would."""
+is matched against the routes in order, and FastAPI's matching of each route it passes costs 0.6 to 0.8 us (its
+included-router context, then the path's regular expression; docs/design.md). AppRoute.matches first compares the
+path with the route's literal prefix and suffix (`/v2/models/`, `/infer`) and turns a path without them away at once
+(0.2 us), as the regular expression would."""
 
 import inspect
 from collections.abc import Callable, Coroutine
