@@ -1,9 +1,6 @@
-import os
 import pathlib
 
 import pytest
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Real MNIST digits shipped with the repository: the first 1,000 training and 1,000 test digits of the standard
