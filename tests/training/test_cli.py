@@ -1,6 +1,12 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from training.__main__ import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -46,3 +52,23 @@ def test_cli_help_documents_subcommands(capsys):
     out = capsys.readouterr().out
     for flag in ("--resume", "--data-dir", "--epochs", "--batch-size", "--learning-rate", "--beta", "--seed"):
         assert flag in out
+
+
+def test_cli_help_and_bad_arguments_import_no_tensorflow():
+    """A fresh interpreter (this one has TensorFlow loaded): --help and an argument error are answered before the
+    subcommand imports TensorFlow and the training modules."""
+    code = """
+import sys
+from training.__main__ import main
+for argv in (["--help"], ["train", "--help"], ["train", "--epochs", "0"], ["evaluate"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+heavy = sorted(m for m in ("tensorflow", "tensorflow_probability", "tf_keras", "training.data", "training.train")
+               if m in sys.modules)
+assert not heavy, heavy
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--epochs: must be a positive integer, got 0" in out.stderr
