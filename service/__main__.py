@@ -13,6 +13,11 @@ from collections.abc import Sequence
 from contract.tf_logs import quiet_tensorflow_logs
 
 quiet_tensorflow_logs()  # before TensorFlow's import (by service.app)
+# Keras 2 (tf_keras) for TensorFlow's eager Keras import, which is skipped where tf_keras is not installed (the api
+# image). The default, Keras 3, would take about a third of TensorFlow's import time (Keras 3 and scikit-learn) for
+# nothing: the service loads SavedModels with tf.saved_model.load and uses no Keras. TF_USE_LEGACY_KERAS=0 in the
+# environment restores TensorFlow's default.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from pydantic import ValidationError  # noqa: E402
 
