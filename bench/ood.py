@@ -158,12 +158,15 @@ def flagged(percentile, threshold, test):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder with the four MNIST IDX .gz files")
-    p.add_argument("--model-dir", default=str(ROOT / "models" / "mnist_vae" / "3"))
+    p.add_argument("--model-dir", help="a version folder (default: the highest bundled version, the one served)")
     p.add_argument("--inliers", type=int, default=500, help="real MNIST test digits (the first N)")
     p.add_argument("--per-set", type=int, default=100, help="images per out-of-distribution set")
     p.add_argument("--threshold", type=float, default=99.0)
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.model_dir is None:
+        base = ROOT / "models" / "mnist_vae"
+        args.model_dir = str(max((f for f in base.iterdir() if f.name.isdigit()), key=lambda f: int(f.name)))
 
     from fastapi.testclient import TestClient
     from sklearn.metrics import roc_auc_score
