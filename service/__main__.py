@@ -100,6 +100,7 @@ def main() -> None:
         tuning.install()
         app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM), tuning=tuning)
     except Exception as err:  # e.g. an unreadable API key file
+        sock.close()
         fail(str(err), err)
     if settings.metrics_port:
         try:
@@ -115,6 +116,7 @@ def main() -> None:
     try:
         server.run(sockets=[sock])
     finally:  # uvicorn ends a failed start with sys.exit(3)
+        sock.close()  # closed already after a clean shutdown; after a failed start it was never served
         if failures:
             from service.api.grpc.server import GrpcStartError  # a gRPC server's fault names its port, file or package
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/static-offline-docs"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+DOCS_ASSETS = "/static-offline-docs/"  # the docs page's scripts and styles, served by a mounted app (no route)
 
 
 def protocol_of(path: str) -> str:
@@ -48,7 +49,7 @@ def protocol_of(path: str) -> str:
         return "ops"
     if path in playground.PAGE_PATHS:
         return "playground"
-    return "docs" if path in DOCS_PATHS else "other"
+    return "docs" if path in DOCS_PATHS or path.startswith(DOCS_ASSETS) else "other"
 
 
 def create_app(settings: Settings | None = None, on_failure: Callable[[], None] | None = None,

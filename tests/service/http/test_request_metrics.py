@@ -13,6 +13,7 @@ def test_each_route_is_labelled_with_its_protocol():
     assert protocol_of("/healthz") == protocol_of("/readyz") == protocol_of("/metrics") == "ops"
     assert protocol_of("/") == protocol_of("/playground/playground.js") == "playground"
     assert protocol_of("/openapi.json") == protocol_of("/docs") == "docs"
+    assert protocol_of("/static-offline-docs/swagger-ui-bundle.js") == "docs"  # a mounted app's file: no route
     assert protocol_of("/no/such/route") == "other"
 
 

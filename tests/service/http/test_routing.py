@@ -65,8 +65,13 @@ def test_app_routes_turn_away_exactly_the_paths_fastapi_would():
     for route in routes:
         for path in paths:
             for method in ("GET", "POST"):
-                for root_path in ("", "/api"):
-                    scope = {"type": "http", "path": root_path + path, "root_path": root_path, "method": method}
-                    expected = super(AppRoute, route).matches(dict(scope))
-                    assert route.matches(dict(scope)) == expected, (route.path, path, method, root_path)
-                    assert (expected[0] is Match.NONE) == (route.matches(dict(scope))[0] is Match.NONE)
+                scope = {"type": "http", "path": path, "root_path": "", "method": method}
+                assert route.matches(dict(scope)) == super(AppRoute, route).matches(dict(scope)), (route.path, path)
+    # Under a root path AppRoute defers to FastAPI's matching (one smoke case, not a proof).
+    encode = next(route for route in routes if route.path == "/v1/encode")
+    scope = {"type": "http", "path": "/api/v1/encode", "root_path": "/api", "method": "POST"}
+    assert encode.matches(scope)[0] is Match.FULL
+    # The one difference, on purpose: Starlette's `$` lets a path ending in a newline (%0A) through; AppRoute does not.
+    scope = {"type": "http", "path": "/v1/encode\n", "root_path": "", "method": "POST"}
+    assert super(AppRoute, encode).matches(dict(scope))[0] is Match.FULL
+    assert encode.matches(dict(scope))[0] is Match.NONE

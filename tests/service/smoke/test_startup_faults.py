@@ -79,10 +79,12 @@ def run_service(*args: str) -> tuple[int, str]:
 @pytest.fixture
 def run_main(monkeypatch, capsys):
     """main() of `python -m service ARGS` in this process: (exit code, stderr). main() configures the root logger,
-    uvicorn's error logger, the GIL switch interval and the collector's threshold for the process; they are restored
-    afterwards."""
+    uvicorn's loggers (uvicorn.Config sets their levels, handlers and propagation), the GIL switch interval and the
+    collector's threshold for the process; they are restored afterwards."""
     root, uvicorn_error = logging.getLogger(), logging.getLogger("uvicorn.error")
     saved = (root.handlers[:], root.level, uvicorn_error.filters[:], sys.getswitchinterval(), gc.get_threshold())
+    uvicorn_loggers = [logging.getLogger(f"uvicorn{part}") for part in ("", ".error", ".access", ".asgi")]
+    saved_uvicorn = [(logger.level, logger.handlers[:], logger.propagate) for logger in uvicorn_loggers]
 
     def run(*args: str) -> tuple[int, str]:
         capsys.readouterr()
@@ -92,6 +94,9 @@ def run_main(monkeypatch, capsys):
         return exit_info.value.code, capsys.readouterr().err
 
     yield run
+    for logger, (level, handlers, propagate) in zip(uvicorn_loggers, saved_uvicorn, strict=True):
+        logger.setLevel(level)
+        logger.handlers[:], logger.propagate = handlers, propagate
     root.handlers[:], uvicorn_error.filters[:] = saved[0], saved[2]
     root.setLevel(saved[1])
     sys.setswitchinterval(saved[3])
