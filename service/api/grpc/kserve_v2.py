@@ -209,6 +209,6 @@ def add(server: grpc.aio.Server, edge: Edge, version: str = "1") -> list[str]:
 
 
 def protocol(port: int, app_version: str) -> Protocol:
-    return Protocol("kserve_v2", port, lambda server, edge: add(server, edge, app_version), GRPC_STATUS, OPEN_METHODS)
+    return Protocol(v2.PROTOCOL, port, lambda server, edge: add(server, edge, app_version), GRPC_STATUS, OPEN_METHODS)
 
 

@@ -215,4 +215,4 @@ def add(server: grpc.aio.Server, edge: Edge) -> list[str]:
 
 
 def protocol(port: int) -> Protocol:
-    return Protocol("tfserving", port, add, GRPC_STATUS)
+    return Protocol(tfserving.PROTOCOL, port, add, GRPC_STATUS)

@@ -20,6 +20,9 @@ from service.serving.model import VaeModel
 from service.serving.registry import Serving
 from service.serving.signatures import SignatureSpec, TensorSpec, cast_input, signature_specs
 
+# The `protocol` label of this protocol's request metrics, REST and gRPC alike.
+PROTOCOL = "kserve_v2"
+
 # KServe v2 datatype <-> numpy dtype (little-endian on the wire)
 DATATYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
              "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}

@@ -17,7 +17,7 @@ from service.serving.signatures import SignatureSpec
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], route_class=DirectRoute)
 STATUS = TENSOR_PROTOCOL_STATUS  # the serving layer's errors as this protocol answers them ({"error": message})
-PROTOCOL = "kserve_v2"  # the `protocol` label of its request metrics, as its gRPC twin's are labelled
+PROTOCOL = v2.PROTOCOL
 
 
 def belongs(path: str) -> bool:

@@ -11,6 +11,9 @@ from service.http.errors import ProtocolError
 from service.serving.model import VaeModel
 from service.serving.signatures import SignatureSpec, TensorSpec, cast_input, served_signature, signature_specs
 
+# The `protocol` label of this protocol's request metrics, REST and gRPC alike.
+PROTOCOL = "tfserving"
+
 Format = Literal["row", "columnar"]
 _DT = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8",
        "bool": "DT_BOOL", "float16": "DT_HALF", "int8": "DT_INT8", "int16": "DT_INT16"}

@@ -17,7 +17,7 @@ from service.serving.registry import Serving
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST"], route_class=DirectRoute)
 STATUS = TENSOR_PROTOCOL_STATUS  # the serving layer's errors as this protocol answers them ({"error": message})
-PROTOCOL = "tfserving"  # the `protocol` label of its request metrics, as its gRPC twin's are labelled
+PROTOCOL = tfserving.PROTOCOL
 
 
 def belongs(path: str) -> bool:
