@@ -132,9 +132,10 @@ def as_files() -> Callable[..., list]:
 
 
 class LiveServer:
-    """The app served by a real uvicorn (the config `python -m service` uses) in a thread, on a free port."""
+    """The app served by a real uvicorn (the config `python -m service` uses) in a thread, on a free port; entering
+    it starts the server and waits until `ready_path` answers 200 (at most `wait_s`)."""
 
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings, ready_path: str = "/readyz", wait_s: float = 120):
         import threading
 
         import uvicorn
@@ -147,17 +148,18 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn_config(app, settings, log_config=None))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.ready_path, self.wait_s = ready_path, wait_s
 
     def __enter__(self) -> "LiveServer":
         import httpx
 
         self.thread.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.wait_s
         while True:
             assert self.thread.is_alive(), "the server thread ended"
-            assert time.monotonic() < deadline, "not ready after 120 s"
+            assert time.monotonic() < deadline, f"{self.ready_path} did not answer 200 in {self.wait_s} s"
             try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}").status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -3,8 +3,6 @@ tensorflow-serving-api's stubs (TF Serving), against one in-process server (uvic
 loop, as `python -m service` runs them) with an API key; answers equal the /v1 routes' on the same digits."""
 
 import socket
-import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -28,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
 from service.settings import Settings
+from tests.service.conftest import LiveServer
 
 KEY = "grpc-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -42,47 +41,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Served:
-    """create_app(settings) under a real uvicorn in a thread (its lifespan starts the gRPC servers on its loop)."""
+class Served(LiveServer):
+    """create_app(settings) under a real uvicorn in a thread (its lifespan starts the gRPC servers on its loop), both
+    gRPC servers on free ports, one API key."""
 
-    def __init__(self, **overrides):
-        import uvicorn
-
-        from service.http.server import bind_socket, uvicorn_config
-
+    def __init__(self, ready_path: str = "/readyz", **overrides):
         self.grpc_port, self.tfs_port = free_port(), free_port()
         settings = Settings(grpc=True, grpc_port=self.grpc_port, tfserving_grpc_port=self.tfs_port,
                             api_keys=KEY, model_poll_s=0, log_level="warning", **overrides)
-        self.app = create_app(settings)
-        self.socket = bind_socket("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn_config(self.app, settings, log_config=None))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def start(self, path: str) -> "Served":
-        self.thread.start()
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.thread.is_alive(), "the server thread ended"
-            assert time.monotonic() < deadline, f"{path} did not answer 200 in 180 s"
-            try:
-                if httpx.get(f"{self.url}{path}").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        super().__init__(create_app(settings), settings, ready_path=ready_path, wait_s=180)
 
 
 @pytest.fixture(scope="module")
 def served(fake_base_path):
     """Fakes of the bundled versions 1 and 2 (2, the newest, has the score signature), served with one API key."""
-    server = Served(model_base_path=fake_base_path).start("/readyz")
-    yield server
-    server.stop()
+    with Served(model_base_path=fake_base_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +209,7 @@ def test_health_serving_when_ready_and_reflection(channels):
 
 def test_not_ready_is_not_serving_and_unavailable(tmp_path, digits):
     """No version under the base path yet: health NOT_SERVING, calls UNAVAILABLE, ServerReady false."""
-    server = Served(model_base_path=tmp_path).start("/healthz")
-    try:
+    with Served(ready_path="/healthz", model_base_path=tmp_path) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -248,8 +221,6 @@ def test_not_ready_is_not_serving_and_unavailable(tmp_path, digits):
             with pytest.raises(grpc.RpcError) as failed:
                 stub.ModelInfer(request, metadata=METADATA)
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop()
 
 
 def test_api_key_request_id_and_metrics(v2_stub, rest, digits):
@@ -303,12 +274,16 @@ V2_BAD = {
 }
 
 
+def assert_refused(call, request, code: str, words: str) -> None:
+    """The call answers status `code` with a message containing `words`."""
+    with pytest.raises(grpc.RpcError) as failed:
+        call(request, metadata=METADATA, timeout=30)
+    assert (failed.value.code().name, words in failed.value.details()) == (code, True), failed.value.details()
+
+
 @pytest.mark.parametrize("case", V2_BAD)
 def test_v2_bad_input(v2_stub, case):
-    request, code, words = V2_BAD[case]
-    with pytest.raises(grpc.RpcError) as failed:
-        v2_stub.ModelInfer(request, metadata=METADATA, timeout=30)
-    assert (failed.value.code().name, words in failed.value.details()) == (code, True), failed.value.details()
+    assert_refused(v2_stub.ModelInfer, *V2_BAD[case])
 
 
 def test_v2_bad_input_with_tritonclient(v2):
@@ -343,10 +318,7 @@ TFS_BAD = {
 
 @pytest.mark.parametrize("case", TFS_BAD)
 def test_tfserving_bad_input(predict, case):
-    request, code, words = TFS_BAD[case]
-    with pytest.raises(grpc.RpcError) as failed:
-        predict.Predict(request, metadata=METADATA, timeout=30)
-    assert (failed.value.code().name, words in failed.value.details()) == (code, True), failed.value.details()
+    assert_refused(predict.Predict, *TFS_BAD[case])
 
 
 @pytest.mark.parametrize("port", ["grpc_port", "tfs_port"])
