@@ -15,6 +15,8 @@ from contract.tf_logs import quiet_tensorflow_logs
 
 quiet_tensorflow_logs()  # before TensorFlow's import (by the subcommand)
 
+from training.errors import DataError, RunError  # noqa: E402
+
 DEFAULT_RUN_DIR = "runs/default"
 
 
@@ -178,16 +180,6 @@ def evaluate_command(args):
     return metrics
 
 
-def _one_line_errors():
-    """The faults a command reports in one line (exit 2): a missing or existing file, and DataError and RunError if
-    the command imported their modules (one that did not cannot have raised them)."""
-    errors = [FileNotFoundError, FileExistsError]
-    for module, name in (("training.data", "DataError"), ("training.train", "RunError")):
-        if module in sys.modules:
-            errors.append(getattr(sys.modules[module], name))
-    return tuple(errors)
-
-
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # "Sharding callback duration" at every checkpoint
@@ -231,10 +223,10 @@ def main(argv=None):
             path = export_run(args.run_dir, args.base_dir, args.model_name, args.version, args.overwrite,
                               from_model=args.from_model)
             print(path)
+    except (DataError, RunError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
-        if isinstance(e, _one_line_errors()):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         # A collective that failed because a peer went away (multi-worker): one line, not a TensorFlow traceback.
         tf = sys.modules.get("tensorflow")
         if tf is None or not isinstance(e, tf.errors.OpError) or args.command != "train":

@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from training.errors import DataError
+
 log = logging.getLogger(__name__)
 
 FILES = {
@@ -18,10 +20,6 @@ FILES = {
 # The canonical mirror of Yann LeCun's files, the one tf.keras.datasets and torchvision use.
 MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "mnist_vae" / "mnist"
-
-
-class DataError(Exception):
-    """A missing, unreadable or corrupt MNIST file; the message names the file."""
 
 
 def _read_idx(path, expected_dims):

@@ -29,6 +29,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from training import data
+from training.errors import RunError
 from training.model import VAE, ModelConfig
 from training.signatures import analytic_kl, log_weights, posterior_latents
 
@@ -62,10 +63,6 @@ class TrainConfig:
     validation_k: int = 10  # importance samples of the per-epoch validation IWAE bound
     init_from: str | None = None  # an exported version folder whose weights start the run
     backup_every: int = 100  # steps between mid-epoch backups
-
-
-class RunError(Exception):
-    """A run directory or configuration that does not fit the request (e.g. exists without --resume)."""
 
 
 # ---------------------------------------------------------------------------------------------------- strategies
