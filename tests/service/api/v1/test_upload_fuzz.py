@@ -1,9 +1,12 @@
 """Seeded mutation fuzz of image uploads through real HTTP (uvicorn): no mutated file may get a 5xx, every file's
 outcome is checked, and the service keeps serving. Files go 8 to a multipart request over one keep-alive
 connection, so 2,000+ files fit in well under a minute; a 4xx request is then retried file by file so that each
-file's own outcome is known."""
+file's own outcome is known. The fuzz loop's client is http.client with the multipart body written here: half the
+time per request of httpx's (the server's side is the same)."""
 
+import http.client
 import io
+import json
 import random
 
 import httpx
@@ -15,6 +18,7 @@ ACCEPTED = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 REJECTED = ["PPM", "XBM", "SGI", "EPS", "IM", "DDS", "PCX", "TGA", "ICO"]
 FILES_PER_FORMAT = 150  # 15 formats x 150 = 2,250 mutated files
 PER_REQUEST = 8
+BOUNDARY = b"fuzz-0d7c4b1e9a3f5862"
 
 
 def seed_image(format: str) -> bytes:
@@ -64,16 +68,41 @@ def server(live_server):
     return live_server()
 
 
-def post(client: httpx.Client, batch: list[tuple[str, str, bytes]]) -> httpx.Response:
-    files = [("files", (name, data, "application/octet-stream")) for _, name, data in batch]
-    return client.post("/v1/encode", files=files)
+class Answer:
+    def __init__(self, response: http.client.HTTPResponse):
+        self.status_code, self.content = response.status, response.read()
+        self.text = self.content.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def multipart(batch: list[tuple[str, str, bytes]]) -> bytes:
+    """The `files` fields of a multipart/form-data body, one per file, as httpx writes them."""
+    parts = [b'--%s\r\nContent-Disposition: form-data; name="files"; filename="%s"\r\n'
+             b"Content-Type: application/octet-stream\r\n\r\n%s\r\n" % (BOUNDARY, name.encode(), data)
+             for _, name, data in batch]
+    return b"".join(parts) + b"--%s--\r\n" % BOUNDARY
+
+
+def post(client: http.client.HTTPConnection, batch: list[tuple[str, str, bytes]]) -> Answer:
+    client.request("POST", "/v1/encode", multipart(batch),
+                   {"Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"})
+    return Answer(client.getresponse())
+
+
+def get(client: http.client.HTTPConnection, path: str) -> Answer:
+    client.request("GET", path)
+    return Answer(client.getresponse())
 
 
 def test_mutated_uploads_never_5xx(server):
     cases = fuzz_cases()
     assert len(cases) >= 2000
+    assert not any(BOUNDARY in data for _, _, data in cases)
     outcomes: dict[int, int] = {}
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)  # kept alive (reopened after a close)
+    try:
         for start in range(0, len(cases), PER_REQUEST):
             batch = cases[start:start + PER_REQUEST]
             response = post(client, batch)
@@ -90,7 +119,9 @@ def test_mutated_uploads_never_5xx(server):
                 outcomes[single.status_code] = outcomes.get(single.status_code, 0) + 1
                 if single.status_code != 200:
                     assert repr(case[1]) in single.json()["detail"], single.text
-            assert client.get("/readyz").status_code == 200
+            assert get(client, "/readyz").status_code == 200
+    finally:
+        client.close()
     assert sum(outcomes.values()) == len(cases)
     assert outcomes.get(400, 0) > 500 and outcomes.get(200, 0) > 100, outcomes  # both outcomes well exercised
 
