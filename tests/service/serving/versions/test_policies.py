@@ -1,9 +1,10 @@
 """Start-up and version policies, in-process (the app's lifespan through TestClient): an empty base path waits and
 serves the first version that appears; a bad newest version at start falls back to the next; no servable version is
-fatal; specific / all policies, `?version=`, and the model config file that pins a version at run time."""
+fatal; specific / all policies, `?version=`, and the model config file that pins a version at run time.
+
+No fixed sleeps: what must not happen is checked after two whole scans of the base path (`Scans`)."""
 
 import json
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +24,7 @@ def base(tmp_path):
 
 
 def app_for(base, **overrides) -> TestClient:
-    return TestClient(create_app(Settings(model_base_path=base, model_poll_s=0.1, **overrides)))
+    return TestClient(create_app(Settings(model_base_path=base, model_poll_s=0.05, **overrides)))
 
 
 def ready(client: TestClient, wait) -> TestClient:
@@ -31,16 +32,38 @@ def ready(client: TestClient, wait) -> TestClient:
     return client
 
 
+class Scans:
+    """Counts the registry's finished scans of the base path (its reconcile passes, every model_poll_s)."""
+
+    def __init__(self, client: TestClient):
+        registry = client.app.state.dataplane.registry
+        reconcile, self.done = registry.reconcile, 0
+
+        async def counted() -> None:
+            try:
+                await reconcile()
+            finally:
+                self.done += 1
+
+        registry.reconcile = counted  # the poll loop looks it up on each pass
+
+    def wait_two(self, wait) -> None:
+        """Until two scans have finished from now: the second began after this call."""
+        seen = self.done
+        wait(lambda: self.done >= seen + 2, what="two scans of the base path")
+
+
 def test_empty_base_path_waits_then_serves_the_first_version(base, model_dir, place_version, wait):
     with app_for(base) as client:
-        time.sleep(0.3)
+        scans = Scans(client)
+        scans.wait_two(wait)
         response = client.get("/readyz")
         assert (response.status_code, response.json()["detail"]) == (503, f"no model version under {base} yet")
         assert client.get("/healthz").status_code == 200
         assert client.post("/v1/encode", json=ENCODE).status_code == 503
         (base / ".tmp-1").mkdir()  # half-written: never loaded
         (base / "1").mkdir()  # no saved_model.pb nor metadata.json yet: not a version
-        time.sleep(0.3)
+        scans.wait_two(wait)
         assert client.get("/readyz").status_code == 503
         (base / "1").rmdir()
         place_version(base, 1, model_dir)
@@ -109,13 +132,14 @@ def test_model_config_file_pins_and_releases_a_version_at_run_time(two_versions,
     config = tmp_path / "models.json"
     with app_for(two_versions, model_config_file=config) as client:
         ready(client, wait)
+        scans = Scans(client)
         assert client.get("/v1/model").headers["x-model-version"] == "2"
         config.write_text(json.dumps({"model_version_policy": "specific", "model_versions": [1]}))
         wait(lambda: client.get("/v1/model").headers["x-model-version"] == "1", what="pinned to 1")
         wait(lambda: client.get("/v1/models/mnist_vae/versions/2").json()["model_version_status"][0]["state"]
              == "END", what="version 2 unloaded")
         config.write_text("{not json")  # logged, and the pin stays
-        time.sleep(0.3)
+        scans.wait_two(wait)
         assert client.get("/v1/model").headers["x-model-version"] == "1"
         config.unlink()  # back to the settings' policy: latest
         wait(lambda: client.get("/v1/model").headers["x-model-version"] == "2", what="back to latest")
