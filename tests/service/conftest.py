@@ -82,7 +82,7 @@ def wait_until_ready(client: TestClient, timeout_s: float = 120) -> TestClient:
     deadline = time.monotonic() + timeout_s
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, f"not ready after {timeout_s} s"
-        time.sleep(0.05)
+        time.sleep(0.02)
     return client
 
 
@@ -163,7 +163,7 @@ class LiveServer:
                     return self
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.02)
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
