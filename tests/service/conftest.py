@@ -107,6 +107,20 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 
 
+@pytest.fixture(scope="session")
+def make_real_client(make_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """make_client for a real model version (tests about what the model answers): batches of at most 64 images, the
+    padded sizes warmed before the version is ready (VAE_BATCH_READY_SIZE). With the default of 256, each app's model
+    threads would go on to warm the sizes 80 to 256 once ready: about 4 s of CPU per real model, in front of the
+    tests' first requests and beside the tests after them. No test of a real model sends a padded signature more
+    than 64 images (a larger request would still be answered, alone in its batch)."""
+
+    def make(model_dir: Path, **overrides) -> TestClient:
+        return make_client(**({"model_dir": model_dir, "batch_max_size": 64} | overrides))
+
+    return make
+
+
 def png_bytes(array: np.ndarray, format: str = "PNG", **params) -> bytes:
     """(H, W) float in [0, 1] or uint8 -> encoded image bytes."""
     if array.dtype != np.uint8:

@@ -124,11 +124,12 @@ def test_sample_count_limit_is_the_same_on_every_protocol(client):
     assert (tfs.status_code, tfs.json()["error"]) == (400, expected)
 
 
-def test_score_work_that_cannot_finish_within_the_deadline_is_refused_at_once(make_client, real_model_dir, digits):
+def test_score_work_that_cannot_finish_within_the_deadline_is_refused_at_once(make_real_client, real_model_dir,
+                                                                             digits):
     """Admission by work: behind a backlog longer than the deadline, a small score request gets 503 and Retry-After
     at once instead of a 504 after waiting (the batcher knows the model time per decode from the calls it made)."""
     # the real model: its score calls take long enough to build a backlog
-    client = make_client(model_dir=real_model_dir.parent / "2", max_posterior_samples=CAP, queue_deadline_ms=200)
+    client = make_real_client(real_model_dir.parent / "2", max_posterior_samples=CAP, queue_deadline_ms=200)
     assert v1_score(client, digits[:1], 1, 0)[0] == 200  # one call: the time per decode is known from now on
     images = np.repeat(digits, 2, axis=0)[:8]
     with ThreadPoolExecutor(8) as pool:

@@ -23,9 +23,9 @@ V2 = REPO_ROOT / "models" / "mnist_vae" / "2"
 
 
 @pytest.fixture(scope="module")
-def v2(make_client) -> TestClient:
-    """The real version 2, started once for the session (make_client's app for this model_dir)."""
-    return make_client(model_dir=V2)
+def v2(make_real_client) -> TestClient:
+    """The real version 2, started once for the session (make_real_client's app for this model_dir)."""
+    return make_real_client(V2)
 
 
 @pytest.fixture(scope="module")

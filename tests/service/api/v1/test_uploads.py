@@ -74,11 +74,11 @@ def test_auto_normalises_drawn_digits(client, as_files, route):
     assert auto["preprocessing"] == normalised["preprocessing"]
 
 
-def test_reconstructions_of_drawn_digits_resemble_them(make_client, real_model_dir, as_files):
+def test_reconstructions_of_drawn_digits_resemble_them(make_real_client, real_model_dir, as_files):
     """Decoder probabilities against the normalised input (the drawing as MNIST would show it), pixel correlation:
     measured on these 24 drawings, min 0.61 (the 5-pixel "2"), mean 0.92; bench/normalize_rule.py's 400 random
     drawings: min 0.82, median 0.97. With normalize=false (the old default) the mean was 0.23."""
-    client = make_client(model_dir=real_model_dir)  # about what the model answers: the real one
+    client = make_real_client(real_model_dir)  # about what the model answers: the real one
     payloads, digits = [data for _, data in DRAWINGS], np.array([digit for digit, _ in DRAWINGS])
     auto = post(client, "/v1/reconstruct", payloads, as_files, output="probs", include_input=True)
     inputs, probs = np.asarray(auto["inputs"]), np.asarray(auto["images"])
@@ -156,9 +156,9 @@ def test_verdict_on_uploads_by_default_and_on_json_when_asked(client, digit_pngs
     assert "verdict" not in client.post("/v1/encode", params={"verdict": "false"}, files=as_files(digit_pngs[0])).json()
 
 
-def test_verdict_tells_a_digit_from_noise_on_the_calibrated_model(make_client, real_model_dir, digits):
+def test_verdict_tells_a_digit_from_noise_on_the_calibrated_model(make_real_client, real_model_dir, digits):
     """Version 2 carries the calibration: an MNIST digit is understood, uniform noise is not."""
-    client = make_client(model_dir=real_model_dir.parent / "2")
+    client = make_real_client(real_model_dir.parent / "2")
     noise = np.random.default_rng(0).random((1, 28, 28), np.float32)
     images = np.concatenate([digits[:1, ..., 0], noise])
     response = client.post("/v1/reconstruct", params={"verdict": "true"}, json={"images": images.tolist()})
