@@ -114,10 +114,10 @@ def free_port() -> int:
 
 @contextmanager
 def serve(base_path: Path, *args: str, **env: str) -> Iterator[tuple[str, Path]]:
-    """`python -m service` on a free port following base_path (polling every 0.2 s); yields its URL (once it
+    """`python -m service` on a free port following base_path (polling every 0.1 s); yields its URL (once it
     answers) and its log file."""
     port = free_port()
-    env = {**os.environ, "VAE_LOG_LEVEL": "info", "VAE_MODEL_POLL_S": "0.2", **env}
+    env = {**os.environ, "VAE_LOG_LEVEL": "info", "VAE_MODEL_POLL_S": "0.1", **env}
     log_path = base_path.parent / f"service-{port}.log"
     log = open(log_path, "w+")
     process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-base-path",
