@@ -1,7 +1,8 @@
 """Multi-worker training (MultiWorkerMirroredStrategy from TF_CONFIG) with two worker processes on 127.0.0.1, against
-a one-process run of the same recipe; a worker killed mid-epoch; bad TF_CONFIG and peers that never come up.
+the session's one-process run of the same recipe (tiny_run in conftest.py); a worker killed mid-epoch; bad TF_CONFIG
+and peers that never come up.
 
-The processes train a small model (4 latents, base depth 8) on 256 of the digits in tests/data/mnist, with proxy
+The processes train small models (base depth 8) on a few hundred of the digits in tests/data/mnist, with proxy
 variables unset (gRPC would honour them) and a timeout on each."""
 
 import json
@@ -20,6 +21,7 @@ import tensorflow as tf
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MNIST = REPO / "tests" / "data" / "mnist"
 TIMEOUT = 120  # seconds, for any one process
+SMALL_MODEL = {"encoded_size": 4, "base_depth": 8}
 PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy")
 
 # Runs train() and leaves its final weights and step losses beside the run, so the test can compare processes.
@@ -29,8 +31,8 @@ import numpy as np
 from training.model import ModelConfig
 from training.train import TrainConfig, train
 out, kwargs = sys.argv[1], json.loads(sys.argv[2])
-cfg = TrainConfig(**kwargs.pop("train"))
-vae = train(model_cfg=ModelConfig(encoded_size=4, base_depth=8), train_cfg=cfg, verbose=0, **kwargs)
+model_cfg, cfg = ModelConfig(**kwargs.pop("model")), TrainConfig(**kwargs.pop("train"))
+vae = train(model_cfg=model_cfg, train_cfg=cfg, verbose=0, **kwargs)
 np.savez(out, losses=np.array(vae.step_losses),
          **{f"w{i}": w for i, w in enumerate(vae.encoder_body.get_weights() + vae.decoder_body.get_weights())})
 """
@@ -55,17 +57,16 @@ def cluster(n):
     return {"worker": [f"127.0.0.1:{free_port()}" for _ in range(n)]}
 
 
-def start(out, run_dir, tf_config=None, strategy="one-device", resume=False, **train_cfg):
-    kwargs = {"run_dir": str(run_dir), "data_dir": str(MNIST), "resume": resume, "strategy": strategy,
-              "cluster_timeout": 60.0, "step_timeout": 30.0,
-              "train": {"epochs": 2, "batch_size": 32, "train_limit": 256, "validation_k": 2, **train_cfg}}
+def start(out, run_dir, tf_config, model, train, resume=False):
+    kwargs = {"run_dir": str(run_dir), "data_dir": str(MNIST), "resume": resume, "strategy": "multi-worker",
+              "cluster_timeout": 60.0, "step_timeout": 30.0, "model": model, "train": train}
     return subprocess.Popen([sys.executable, "-c", RUNNER, str(out), json.dumps(kwargs)], cwd=REPO,
                             env=env(tf_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def start_workers(tmp_path, run_dir, spec, tag, **kw):
+def start_workers(tmp_path, run_dir, spec, tag, model, train, resume=False):
     return [start(tmp_path / f"{tag}{i}.npz", run_dir, {"cluster": spec, "task": {"type": "worker", "index": i}},
-                  strategy="multi-worker", **kw) for i in range(len(spec["worker"]))]
+                  model, train, resume) for i in range(len(spec["worker"]))]
 
 
 def finish(procs, timeout=TIMEOUT):
@@ -92,19 +93,22 @@ def history(run_dir):
 
 
 @pytest.mark.slow
-def test_two_workers_train_as_one_process_does(tmp_path):
-    """Same seed, same global batch: the first step's loss equals one process's to 1e-4 relative, the two-epoch
-    history agrees within 1%, both workers end with identical weights, only the chief writes the run, and its
-    checkpoint exports a version that loads and scores."""
-    one = start(tmp_path / "one.npz", tmp_path / "one")
-    workers = start_workers(tmp_path, tmp_path / "two", cluster(2), "w")
-    assert_ok(finish([one, *workers]))
+def test_two_workers_train_as_one_process_does(tiny_run, tmp_path):
+    """Two workers train the recipe of the session's one-process run (tiny_run: its config.json, the same data). Same
+    seed, same global batch: the first step's loss equals one process's to 1e-4 relative, the two-epoch history
+    agrees within 1%, both workers end with identical weights, only the chief writes the run, and its checkpoint
+    exports a version that loads and scores."""
+    one, single = tiny_run
+    recipe = json.loads((one / "config.json").read_text())
+    assert recipe["workers"] == 1 and recipe["data_dir"] == str(MNIST)
+    workers = start_workers(tmp_path, tmp_path / "two", cluster(2), "w", recipe["model"], recipe["train"])
+    assert_ok(finish(workers))
 
-    single, w0, w1 = (np.load(tmp_path / f"{name}.npz") for name in ("one", "w0", "w1"))
-    assert single["losses"][0] == pytest.approx(w0["losses"][0], rel=1e-4)
+    w0, w1 = (np.load(tmp_path / f"{name}.npz") for name in ("w0", "w1"))
+    assert single.step_losses[0] == pytest.approx(w0["losses"][0], rel=1e-4)
     for key in w0.files:
         np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
-    h1, h2 = history(tmp_path / "one"), history(tmp_path / "two")
+    h1, h2 = history(one), history(tmp_path / "two")
     assert [r["epoch"] for r in h2] == [0, 1]
     for a, b in zip(h1, h2, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.01) and b["val_loss"] == pytest.approx(a["val_loss"],
@@ -135,8 +139,9 @@ def test_killed_worker_resumes_from_the_backup(tmp_path):
     ends it); restarting both resumes from the mid-epoch backup and finishes, and no epoch or step runs twice."""
     run = tmp_path / "run"
     spec = cluster(2)
-    kw = {"train_limit": 1000, "backup_every": 2, "epochs": 2}
-    workers = start_workers(tmp_path, run, spec, "a", **kw)
+    # A backup every 4 steps (not 2): half the checkpoint writes, and the first mid-epoch backup is still step 4.
+    train = {"epochs": 2, "batch_size": 32, "train_limit": 1000, "validation_k": 2, "backup_every": 4}
+    workers = start_workers(tmp_path, run, spec, "a", SMALL_MODEL, train)
     deadline = time.monotonic() + TIMEOUT
     # 31 steps an epoch: wait for a backup after step 4 (and before the epoch's end), then kill worker 1.
     while time.monotonic() < deadline:
@@ -152,7 +157,7 @@ def test_killed_worker_resumes_from_the_backup(tmp_path):
     assert code1 == -signal.SIGKILL and code0 != 0, out0[-2000:]
     assert not (run / "checkpoints").exists() or tf.train.latest_checkpoint(run / "checkpoints") is None
 
-    restarted = start_workers(tmp_path, run, spec, "b", resume=True, **kw)
+    restarted = start_workers(tmp_path, run, spec, "b", SMALL_MODEL, train, resume=True)
     outputs = finish(restarted)
     assert_ok(outputs)
     assert [r["epoch"] for r in history(run)] == [0, 1]
@@ -162,17 +167,50 @@ def test_killed_worker_resumes_from_the_backup(tmp_path):
     assert 0 < len(b0["losses"]) < 2 * 31  # the restarted workers ran only the steps after the backup
 
 
-@pytest.mark.slow
-def test_peer_that_never_comes_up_ends_the_worker_with_one_line(tmp_path):
-    spec = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    proc = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--run-dir", str(tmp_path / "run"), "--data-dir", str(MNIST),
-         "--strategy", "multi-worker", "--cluster-timeout", "5"],
-        cwd=REPO, env=env({"cluster": spec, "task": {"type": "worker", "index": 0}}), capture_output=True, text=True,
-        timeout=TIMEOUT)
+# The start-up failures: `python -m training train` with these arguments and TF_CONFIG (its peer never comes up; not
+# JSON). Each process spends most of its time importing TensorFlow, so the failed_starts fixture starts those of the
+# selected tests side by side.
+FAILED_STARTS = {
+    "test_peer_that_never_comes_up_ends_the_worker_with_one_line": (
+        ["--strategy", "multi-worker", "--cluster-timeout", "1"],
+        lambda: json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]},
+                            "task": {"type": "worker", "index": 0}})),
+    "test_bad_tf_config_exits_2_before_any_work": ([], lambda: "{oops"),
+}
+
+
+@pytest.fixture(scope="module")
+def failed_starts(request, tmp_path_factory):
+    """finished(test name) -> (CompletedProcess, run folder): the FAILED_STARTS processes of the selected tests, all
+    started when the first of them asks (two TensorFlow imports on two cores take about the time of one)."""
+    selected = {item.originalname for item in request.session.items} & FAILED_STARTS.keys()
+    started = {}
+    for name in sorted(selected):
+        args, tf_config = FAILED_STARTS[name]
+        run_dir = tmp_path_factory.mktemp("start") / "run"
+        started[name] = run_dir, subprocess.Popen(
+            [sys.executable, "-m", "training", "train", "--run-dir", str(run_dir), "--data-dir", str(MNIST), *args],
+            cwd=REPO, env={**env(), "TF_CONFIG": tf_config()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    def finished(name):
+        run_dir, proc = started[name]
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)  # TimeoutExpired fails the test; the teardown kills
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), run_dir
+
+    yield finished
+    for _, proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
+def test_peer_that_never_comes_up_ends_the_worker_with_one_line(failed_starts, request):
+    proc, _ = failed_starts(request.node.originalname)
     assert proc.returncode == 128 + signal.SIGKILL or proc.returncode == -signal.SIGKILL
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "did not all come up: nothing for 5 s" in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1 and "did not all come up: nothing for 1 s" in lines[0], proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("text,message", [
@@ -189,10 +227,8 @@ def test_bad_tf_config_is_one_clear_error(text, message):
 
 
 @pytest.mark.slow  # a fresh interpreter importing TensorFlow
-def test_bad_tf_config_exits_2_before_any_work(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "training", "train", "--run-dir", str(tmp_path / "run"),
-                           "--data-dir", str(MNIST)], cwd=REPO, env={**env(), "TF_CONFIG": "{oops"},
-                          capture_output=True, text=True, timeout=TIMEOUT)
+def test_bad_tf_config_exits_2_before_any_work(failed_starts, request):
+    proc, run_dir = failed_starts(request.node.originalname)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: TF_CONFIG is not valid JSON")
-    assert not (tmp_path / "run").exists()
+    assert not run_dir.exists()
