@@ -15,16 +15,17 @@ def mnist_dir():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist_dir):
-    """A real two-epoch run on 256 training images (and 256 test images for validation), trained once for the
-    session: the train, export and evaluate tests read it. The bundled latent size (16: the signatures' shapes)
-    with narrow convolutions (base depth 8, not 32) and a 2-sample validation bound (not 10): the same code paths
-    at a fraction of the arithmetic."""
+    """A real two-epoch run on 200 training images (6 steps of 32 an epoch; and 200 test images for validation: two
+    batches of 100, so one trace of the scoring function an epoch where 256 took two), trained once for the session:
+    the train, export and evaluate tests read it, and the multi-worker test compares two workers against it. The
+    bundled latent size (16: the signatures' shapes) with narrow convolutions (base depth 8, not 32) and a 2-sample
+    validation bound (not 10): the same code paths at a fraction of the arithmetic."""
     from training.model import ModelConfig
     from training.train import TrainConfig, train
 
     run_dir = tmp_path_factory.mktemp("run")
     vae = train(run_dir, ModelConfig(base_depth=8),
-                TrainConfig(epochs=2, batch_size=32, train_limit=256, validation_k=2), data_dir=mnist_dir, verbose=0)
+                TrainConfig(epochs=2, batch_size=32, train_limit=200, validation_k=2), data_dir=mnist_dir, verbose=0)
     return run_dir, vae
 
 

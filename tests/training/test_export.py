@@ -124,7 +124,7 @@ def test_metadata_describes_model_and_run(exported, tiny_run):
     assert meta["latent_size"] == 16 and meta["image_shape"] == [28, 28, 1]
     assert meta["signatures"]["encode"]["outputs"]["covariance"]["shape"] == [None, 16, 16]
     assert meta["signatures"]["sample"]["inputs"]["seed"]["dtype"] == "int64"
-    assert meta["training"]["train"]["train_limit"] == 256 and meta["training"]["epochs_completed"] == 2
+    assert meta["training"]["train"]["train_limit"] == 200 and meta["training"]["epochs_completed"] == 2
     assert len(meta["training"]["history"]) == 2
     assert meta["versions"]["tensorflow"] == tf.__version__ and meta["created_at"]
 

@@ -16,13 +16,13 @@ def test_tiny_training_run_loss_falls(tiny_run):
     assert all(np.isfinite(row["val_loss"]) for row in history)
     assert (run_dir / "tensorboard").is_dir()
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["train"]["train_limit"] == 256 and config["model"]["encoded_size"] == 16
+    assert config["train"]["train_limit"] == 200 and config["model"]["encoded_size"] == 16
 
 
 def test_existing_run_without_resume_is_refused(tiny_run, mnist_dir):
     run_dir, _ = tiny_run
     with pytest.raises(RunError, match="already holds a run: pass --resume"):
-        train(run_dir, ModelConfig(), TrainConfig(epochs=3, train_limit=256), data_dir=mnist_dir, verbose=0)
+        train(run_dir, ModelConfig(), TrainConfig(epochs=3, train_limit=200), data_dir=mnist_dir, verbose=0)
 
 
 def test_resume_without_a_run_is_refused(tmp_path, mnist_dir):
@@ -44,9 +44,9 @@ def test_resume_continues_from_the_last_checkpoint(tiny_run, tmp_path, mnist_dir
     # passed here is ignored) and appends to the history.
     again = train(resumed, ModelConfig(encoded_size=99), TrainConfig(epochs=3), data_dir=mnist_dir, resume=True,
                   verbose=0)
-    assert len(again.step_losses) == 256 // 32, "one epoch of steps, not three"
+    assert len(again.step_losses) == 200 // 32, "one epoch of steps, not three"
     assert [row["epoch"] for row in read_history(resumed)] == [0, 1, 2]
     assert read_history(resumed)[:2] == read_history(run_dir)
     _, config, checkpoint = restore_weights(resumed)
     assert checkpoint.endswith("ckpt-3") and config["model"]["encoded_size"] == 16
-    assert config["train"]["epochs"] == 3 and config["train"]["train_limit"] == 256
+    assert config["train"]["epochs"] == 3 and config["train"]["train_limit"] == 200
