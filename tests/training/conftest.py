@@ -38,6 +38,15 @@ def exported(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def saved_model(exported):
+    """The export loaded once, as `python -m training evaluate --model-dir` loads it (its .root: the loaded object,
+    whose signatures the export tests call)."""
+    from training.evaluate import Model
+
+    return Model.from_saved_model(exported)
+
+
+@pytest.fixture(scope="session")
 def test_digits(mnist_dir):
     from training import data
 

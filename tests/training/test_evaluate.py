@@ -24,11 +24,6 @@ def test_analytic_kl_matches_tfp():
 
 
 @pytest.fixture(scope="module")
-def saved_model(exported):
-    return Model.from_saved_model(exported)
-
-
-@pytest.fixture(scope="module")
 def saved_model_metrics(saved_model, test_digits):
     # Two batches of 20 (one trace of the scoring function), decoded 8 at a time.
     return evaluate(saved_model, test_digits[0][:40], k=20, batch_size=20, chunk=8)

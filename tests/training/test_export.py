@@ -12,8 +12,8 @@ SIGNATURES = ["decode", "encode", "reconstruct", "sample", "score", "serving_def
 
 
 @pytest.fixture(scope="module")
-def loaded(exported):
-    return tf.saved_model.load(str(exported)).signatures
+def loaded(saved_model):
+    return saved_model.root.signatures
 
 
 def test_encode_signature_matches_keras_encoder(tiny_run, loaded, test_digits):
