@@ -202,3 +202,5 @@ def live_server(model_dir: Path) -> Iterator[Callable[..., LiveServer]]:
             return servers[key]
 
         yield make
+        for server in servers.values():  # all told at once: each ends at its next 0.1 s tick, then they are joined
+            server.server.should_exit = True
