@@ -5,6 +5,7 @@ when the client leaves, and one request's files cannot hold every worker (servic
 No fixed sleeps: waits are for a condition (a worker busy, a process gone), each with a generous deadline."""
 
 import asyncio
+import functools
 import os
 import signal
 import time
@@ -25,6 +26,12 @@ UNCHECKED = DecodeLimits(FORMATS, max_pixels=4_000_000, max_aspect=20, max_buffe
 MEMORY_MB = 96
 
 
+@functools.cache
+def corpus(case: str) -> bytes:
+    """hostile.CORPUS[case]'s file, generated once (the 3000-frame GIF takes 0.4 s)."""
+    return hostile.CORPUS[case][0]()
+
+
 # ---- the header checks, in process: refused before any decoding, naming the bound ----
 
 @pytest.mark.parametrize(("case", "status", "names"), [
@@ -37,14 +44,14 @@ MEMORY_MB = 96
 ])
 def test_declared_work_over_a_bound_is_refused_naming_it(case, status, names):
     with pytest.raises(ImageError, match=names) as err:
-        decode_gray(hostile.CORPUS[case][0](), case, LIMITS)
+        decode_gray(corpus(case), case, LIMITS)
     assert err.value.status == status and repr(case) in str(err.value)
 
 
 @pytest.mark.parametrize("case", ["tiff_multipage", "tiff_tiled_ok", "gif_many_frames", "webp_many_frames",
                                   "apng_many_frames"])
 def test_first_frame_of_many_and_small_tiles_are_decoded(case):
-    image = decode_gray(hostile.CORPUS[case][0](), case, LIMITS)
+    image = decode_gray(corpus(case), case, LIMITS)
     assert image.size == (28, 28) and np.asarray(image).max() == 255
 
 
@@ -126,7 +133,7 @@ def test_hostile_file_refused_by_its_header_in_a_worker(pool, case):
     """The refusal comes from the header check (it names the bound), so nothing big was allocated: a worker's peak
     stays far under its cap."""
     with pytest.raises(ImageError, match="limit|at most") as err:
-        decode(pool, [(case, hostile.CORPUS[case][0]())])
+        decode(pool, [(case, corpus(case))])
     assert err.value.status in (413, 422)
     assert all(peak_mb(pid) < 200 for pid in pool.pids())
 
@@ -136,7 +143,7 @@ def test_memory_cap_stops_what_the_header_checks_miss(pool, case):
     """With the header checks off, the decoder asks for 0.5 to 2 GB: the worker's address-space cap refuses it, the
     file is a 4xx and the worker's peak stays under its cap."""
     with pytest.raises(ImageError) as err:
-        decode(pool, [(case, hostile.CORPUS[case][0]())], UNCHECKED)
+        decode(pool, [(case, corpus(case))], UNCHECKED)
     assert 400 <= err.value.status < 500 and repr(case) in str(err.value)
     assert all(peak_mb(pid) < 200 + MEMORY_MB for pid in pool.pids())
     assert decode(pool, [("ok.png", hostile.png_small())])[0].shape == (1, 28, 28)
@@ -267,7 +274,7 @@ def test_one_request_holds_at_most_one_worker(pool):
 
 @pytest.mark.parametrize("case", list(hostile.CORPUS))
 def test_hostile_uploads_answered_4xx_or_200_and_service_keeps_serving(client, as_files, digit_pngs, case):
-    data, refused = hostile.CORPUS[case][0](), hostile.CORPUS[case][1]
+    data, refused = corpus(case), hostile.CORPUS[case][1]
     response = client.post("/v1/encode", files=[("files", (case, data, "application/octet-stream"))])
     if refused:
         detail = response.json()["detail"]
