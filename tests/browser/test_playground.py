@@ -39,13 +39,17 @@ def wait_for_analysis(driver, after_request: int) -> None:
 
 
 def canvas_pixels(driver, element_id: str) -> np.ndarray:
-    """The grey values (red channel) of a canvas on the page, in [0, 1]."""
-    data = driver.execute_script(
-        "const c = document.getElementById(arguments[0]);"
-        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);", element_id)
-    width, height = driver.execute_script(
-        "const c = document.getElementById(arguments[0]); return [c.width, c.height];", element_id)
-    return np.asarray(data, np.float32).reshape(height, width, 4)[..., 0] / 255.0
+    """The grey values (red channel) of a canvas on the page, in [0, 1]. Its RGBA bytes come base64-encoded: the
+    pad's 313,600 as an array of numbers took WebDriver 0.2-0.3 s, as a string 0.02 s."""
+    width, height, data = driver.execute_script("""
+        const c = document.getElementById(arguments[0]);
+        const bytes = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let text = '';
+        for (let i = 0; i < bytes.length; i += 8192) {
+            text += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+        }
+        return [c.width, c.height, btoa(text)];""", element_id)
+    return np.frombuffer(base64.b64decode(data), np.uint8).astype(np.float32).reshape(height, width, 4)[..., 0] / 255.0
 
 
 def canvas_png(driver, element_id: str) -> bytes:
