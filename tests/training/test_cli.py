@@ -1,3 +1,4 @@
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def test_cli_help_documents_subcommands(capsys):
         assert flag in out
 
 
-NO_TENSORFLOW = """
+def test_cli_help_and_bad_arguments_import_no_tensorflow():
+    """A fresh interpreter (this one has TensorFlow loaded): --help and an argument error are answered before the
+    subcommand imports TensorFlow and the training modules."""
+    code = """
 import sys
 from training.__main__ import main
 for argv in (["--help"], ["train", "--help"], ["train", "--epochs", "0"], ["evaluate"]):
@@ -65,13 +69,6 @@ heavy = sorted(m for m in ("tensorflow", "tensorflow_probability", "tf_keras", "
                if m in sys.modules)
 assert not heavy, heavy
 """
-
-
-# A fresh interpreter, started ahead of the test (conftest.py: EarlyProcesses).
-@pytest.mark.early(cli=lambda tmp: {"args": [sys.executable, "-c", NO_TENSORFLOW], "cwd": REPO})
-def test_cli_help_and_bad_arguments_import_no_tensorflow(early):
-    """A fresh interpreter (this one has TensorFlow loaded): --help and an argument error are answered before the
-    subcommand imports TensorFlow and the training modules."""
-    out, _ = early("cli")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--epochs: must be a positive integer, got 0" in out.stderr

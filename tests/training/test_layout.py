@@ -1,18 +1,19 @@
 """The layout of training/: one module holds the signatures and their maths, evaluate and export import it and not
 each other, and the numpy likelihood helpers live in contract/ without TensorFlow."""
 
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 
-# A fresh interpreter, started ahead of the test (conftest.py: EarlyProcesses).
-@pytest.mark.early(likelihood=lambda tmp: {
-    "args": [sys.executable, "-c", "import sys, contract.likelihood; print('tensorflow' in sys.modules)"]})
-def test_contract_likelihood_imports_no_tensorflow(early):
-    out, _ = early("likelihood")
-    assert out.returncode == 0, out.stderr[-3000:]
+def _run(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_contract_likelihood_imports_no_tensorflow():
+    out = _run("import sys, contract.likelihood; print('tensorflow' in sys.modules)")
     assert out.stdout.strip() == "False"
 
 
