@@ -167,22 +167,47 @@ def test_killed_worker_resumes_from_the_backup(tmp_path):
     assert 0 < len(b0["losses"]) < 2 * 31  # the restarted workers ran only the steps after the backup
 
 
-def train_command(*args, tf_config):
-    """An early command (conftest.py: EarlyProcesses): `python -m training train` into run/ of its temporary folder,
-    with TF_CONFIG from tf_config() (called at the start: free ports then)."""
-    return lambda tmp: {"args": [sys.executable, "-m", "training", "train", "--run-dir", str(tmp / "run"),
-                                 "--data-dir", str(MNIST), *args],
-                        "cwd": REPO, "env": {**env(), "TF_CONFIG": tf_config()}}
+# The start-up failures: `python -m training train` with these arguments and TF_CONFIG (its peer never comes up; not
+# JSON). Each process spends most of its time importing TensorFlow, so the failed_starts fixture starts those of the
+# selected tests side by side.
+FAILED_STARTS = {
+    "test_peer_that_never_comes_up_ends_the_worker_with_one_line": (
+        ["--strategy", "multi-worker", "--cluster-timeout", "1"],
+        lambda: json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]},
+                            "task": {"type": "worker", "index": 0}})),
+    "test_bad_tf_config_exits_2_before_any_work": ([], lambda: "{oops"),
+}
 
 
-# A fresh interpreter importing TensorFlow, started ahead of the test (conftest.py: EarlyProcesses).
-@pytest.mark.slow
-@pytest.mark.early(train=train_command(
-    "--strategy", "multi-worker", "--cluster-timeout", "1",
-    tf_config=lambda: json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]},
-                                  "task": {"type": "worker", "index": 0}})))
-def test_peer_that_never_comes_up_ends_the_worker_with_one_line(early):
-    proc, _ = early("train")
+@pytest.fixture(scope="module")
+def failed_starts(request, tmp_path_factory):
+    """finished(test name) -> (CompletedProcess, run folder): the FAILED_STARTS processes of the selected tests, all
+    started when the first of them asks (two TensorFlow imports on two cores take about the time of one)."""
+    selected = {item.originalname for item in request.session.items} & FAILED_STARTS.keys()
+    started = {}
+    for name in sorted(selected):
+        args, tf_config = FAILED_STARTS[name]
+        run_dir = tmp_path_factory.mktemp("start") / "run"
+        started[name] = run_dir, subprocess.Popen(
+            [sys.executable, "-m", "training", "train", "--run-dir", str(run_dir), "--data-dir", str(MNIST), *args],
+            cwd=REPO, env={**env(), "TF_CONFIG": tf_config()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    def finished(name):
+        run_dir, proc = started[name]
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)  # TimeoutExpired fails the test; the teardown kills
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), run_dir
+
+    yield finished
+    for _, proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
+def test_peer_that_never_comes_up_ends_the_worker_with_one_line(failed_starts, request):
+    proc, _ = failed_starts(request.node.originalname)
     assert proc.returncode == 128 + signal.SIGKILL or proc.returncode == -signal.SIGKILL
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "did not all come up: nothing for 1 s" in lines[0], proc.stderr[-2000:]
@@ -201,11 +226,9 @@ def test_bad_tf_config_is_one_clear_error(text, message):
         parse_tf_config(text)
 
 
-# A fresh interpreter importing TensorFlow, started ahead of the test (conftest.py: EarlyProcesses).
-@pytest.mark.slow
-@pytest.mark.early(train=train_command(tf_config=lambda: "{oops"))
-def test_bad_tf_config_exits_2_before_any_work(early):
-    proc, tmp = early("train")
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
+def test_bad_tf_config_exits_2_before_any_work(failed_starts, request):
+    proc, run_dir = failed_starts(request.node.originalname)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: TF_CONFIG is not valid JSON")
-    assert not (tmp / "run").exists()
+    assert not run_dir.exists()
