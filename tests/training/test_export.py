@@ -63,6 +63,60 @@ def test_sample_signature_is_deterministic_by_seed(tiny_run, loaded):
     assert not np.allclose(call(2, 2**40)["latents"], call(2, 0)["latents"])
 
 
+# What a fresh interpreter with TensorFlow alone sees of the export: every signature called, the modules it had to
+# import, then `python -m tensorflow.python.tools.saved_model_cli show --all` run in the same interpreter (runpy: as
+# `python -m` runs it), so that both checks pay for one TensorFlow start-up.
+PLAIN_TENSORFLOW = """
+import contextlib, io, json, runpy, sys
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+s = m.signatures
+enc = s["encode"](images=tf.zeros([2, 28, 28, 1]))
+dec = s["decode"](latents=tf.zeros([3, 16]))
+smp = s["sample"](num_samples=tf.constant(4), seed=tf.constant(1, tf.int64))
+rec = s["reconstruct"](images=tf.ones([1, 28, 28, 1]))
+scr = s["score"](images=tf.ones([2, 28, 28, 1]), k=tf.constant(3), seeds=tf.constant([1, 2], tf.int64))
+result = {
+    "signatures": sorted(s),
+    "shapes": [list(enc["covariance"].shape), list(dec["probs"].shape), list(smp["mode"].shape),
+               list(rec["mean"].shape), list(scr["nll"].shape)],
+    "leaked": sorted(k for k in sys.modules if k.startswith(("tensorflow_probability", "training"))),
+}
+sys.argv = ["saved_model_cli", "show", "--dir", sys.argv[1], "--all"]
+cli = io.StringIO()
+with contextlib.redirect_stdout(cli):
+    try:
+        runpy.run_module("tensorflow.python.tools.saved_model_cli", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        result["cli_exit"] = e.code
+result["cli"] = cli.getvalue()
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_tensorflow(exported):
+    out = subprocess.run([sys.executable, "-c", PLAIN_TENSORFLOW, str(exported)], capture_output=True, text=True,
+                         cwd="/", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
+def test_saved_model_loads_and_runs_without_tfp_or_training(plain_tensorflow):
+    result = {key: plain_tensorflow[key] for key in ("signatures", "shapes", "leaked")}
+    assert result == {"signatures": SIGNATURES, "shapes": [[2, 16, 16], [3, 28, 28, 1], [4, 28, 28, 1], [1, 16], [2]],
+                      "leaked": []}
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
+def test_saved_model_cli_lists_every_signature(plain_tensorflow):
+    assert plain_tensorflow.get("cli_exit") in (None, 0), plain_tensorflow["cli"][-3000:]
+    for name in SIGNATURES:
+        assert f"signature_def['{name}']" in plain_tensorflow["cli"]
+    assert "outputs['covariance']" in plain_tensorflow["cli"] and "inputs['num_samples']" in plain_tensorflow["cli"]
+
+
 def test_metadata_describes_model_and_run(exported, tiny_run):
     meta = read_metadata(exported)
     assert exported.name == "1" and exported.parent.name == "mnist_vae"
@@ -100,74 +154,3 @@ def test_reexport_from_saved_model_keeps_the_weights(reexported, loaded, test_di
     x = tf.constant(test_digits[0][:4])
     np.testing.assert_array_equal(tf.saved_model.load(str(reexported)).signatures["encode"](images=x)["mean"],
                                   loaded["encode"](images=x)["mean"])
-
-
-# What a fresh interpreter with TensorFlow alone sees of the export: every signature called, the modules it had to
-# import, then `python -m tensorflow.python.tools.saved_model_cli show --all` run in the same interpreter (runpy: as
-# `python -m` runs it), so that both checks pay for one TensorFlow start-up.
-PLAIN_TENSORFLOW = """
-import contextlib, io, json, runpy, sys
-import tensorflow as tf
-m = tf.saved_model.load(sys.argv[1])
-s = m.signatures
-enc = s["encode"](images=tf.zeros([2, 28, 28, 1]))
-dec = s["decode"](latents=tf.zeros([3, 16]))
-smp = s["sample"](num_samples=tf.constant(4), seed=tf.constant(1, tf.int64))
-rec = s["reconstruct"](images=tf.ones([1, 28, 28, 1]))
-scr = s["score"](images=tf.ones([2, 28, 28, 1]), k=tf.constant(3), seeds=tf.constant([1, 2], tf.int64))
-result = {
-    "signatures": sorted(s),
-    "shapes": [list(enc["covariance"].shape), list(dec["probs"].shape), list(smp["mode"].shape),
-               list(rec["mean"].shape), list(scr["nll"].shape)],
-    "leaked": sorted(k for k in sys.modules if k.startswith(("tensorflow_probability", "training"))),
-}
-sys.argv = ["saved_model_cli", "show", "--dir", sys.argv[1], "--all"]
-cli = io.StringIO()
-with contextlib.redirect_stdout(cli):
-    try:
-        runpy.run_module("tensorflow.python.tools.saved_model_cli", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        result["cli_exit"] = e.code
-result["cli"] = cli.getvalue()
-print(json.dumps(result))
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plain_tensorflow_process(request):
-    """PLAIN_TENSORFLOW's interpreter, started with this module's first test when a selected test reads its result:
-    it spends seconds importing TensorFlow on the core this process leaves idle while the tests above run in it
-    (the two that read the result come last in the module)."""
-    if not any("plain_tensorflow" in item.fixturenames for item in request.session.items
-               if item.path == request.path):
-        yield None
-        return
-    exported = request.getfixturevalue("exported")
-    proc = subprocess.Popen([sys.executable, "-c", PLAIN_TENSORFLOW, str(exported)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd="/")
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
-
-
-@pytest.fixture(scope="module")
-def plain_tensorflow(plain_tensorflow_process):
-    stdout, stderr = plain_tensorflow_process.communicate(timeout=300)  # TimeoutExpired fails; the teardown kills
-    assert plain_tensorflow_process.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.slow  # a fresh interpreter importing TensorFlow
-def test_saved_model_loads_and_runs_without_tfp_or_training(plain_tensorflow):
-    result = {key: plain_tensorflow[key] for key in ("signatures", "shapes", "leaked")}
-    assert result == {"signatures": SIGNATURES, "shapes": [[2, 16, 16], [3, 28, 28, 1], [4, 28, 28, 1], [1, 16], [2]],
-                      "leaked": []}
-
-
-@pytest.mark.slow  # a fresh interpreter importing TensorFlow
-def test_saved_model_cli_lists_every_signature(plain_tensorflow):
-    assert plain_tensorflow.get("cli_exit") in (None, 0), plain_tensorflow["cli"][-3000:]
-    for name in SIGNATURES:
-        assert f"signature_def['{name}']" in plain_tensorflow["cli"]
-    assert "outputs['covariance']" in plain_tensorflow["cli"] and "inputs['num_samples']" in plain_tensorflow["cli"]
