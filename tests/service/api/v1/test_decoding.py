@@ -206,18 +206,10 @@ def test_free_worker_goes_to_the_request_that_used_least():
     assert heavy.done()
 
 
-@pytest.fixture(scope="module")
-def one_worker():
-    """A pool of one worker, idle between the tests that use it."""
-    pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=10, timeout_s=60))
-    yield pool
-    pool.close()
-
-
-def overtakes(pool: DecodePool, requests: list[list[tuple[str, bytes]]]) -> tuple[int, int]:
+def overtakes(requests: list[list[tuple[str, bytes]]]) -> tuple[int, int]:
     """One worker; `requests` are sent and all but the first wait for it; then a 28x28 PNG is sent. How many of the
     requests had ended when the PNG was decoded, and how many there were."""
-    assert pool.busy() == 0 and pool.waiting() == 0
+    pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=10, timeout_s=60))
 
     async def race() -> int:
         attack = [asyncio.ensure_future(pool.decode(files, LIMITS, False, False)) for files in requests]
@@ -230,20 +222,23 @@ def overtakes(pool: DecodePool, requests: list[list[tuple[str, bytes]]]) -> tupl
             assert (await task)[0].shape[1:] == (28, 28)
         return ended
 
-    return asyncio.run(race()), len(requests)
+    try:
+        return asyncio.run(race()), len(requests)
+    finally:
+        pool.close()
 
 
-def test_small_upload_overtakes_a_request_of_many_slow_files(one_worker):
+def test_small_upload_overtakes_a_request_of_many_slow_files():
     """A request of 8 RLE BMPs (Pillow decodes them in pure Python) holds the one worker; a 28x28 PNG sent meanwhile
     waits for the file in progress, not for the other 7."""
-    ended, _ = overtakes(one_worker, [[(f"rle{i}.bmp", hostile.bmp_rle(600, 600)) for i in range(8)]])
+    ended, _ = overtakes([[(f"rle{i}.bmp", hostile.bmp_rle(600, 600)) for i in range(8)]])
     assert ended == 0
 
 
-def test_small_upload_overtakes_many_new_requests_of_slow_files(one_worker):
+def test_small_upload_overtakes_many_new_requests_of_slow_files():
     """Six one-file requests of an RLE BMP arrive first (none has used the worker yet): the PNG's smaller estimate puts
     it before the five waiting, behind the one running at most."""
-    ended, count = overtakes(one_worker, [[(f"rle{i}.bmp", hostile.bmp_rle(600, 600))] for i in range(6)])
+    ended, count = overtakes([[(f"rle{i}.bmp", hostile.bmp_rle(600, 600))] for i in range(6)])
     assert ended <= 1 < count
 
 
