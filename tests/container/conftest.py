@@ -3,7 +3,7 @@ record of what was checked and how long it took (printed at the end of the run).
 
 They build and run real images with whatever engine `docker` reaches; without one they skip, naming how to start
 one. Run them with scripts/container-test (which starts the engine with ../shared/tools/docker-engine if needed)
-or `pytest -m container tests/container`."""
+or `pytest -n 0 -m container tests/container` (one process: both files build the same images)."""
 
 import json
 import os
@@ -41,6 +41,9 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def engine() -> str:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("the container tests run in one process (both files build the same images and the summary "
+                    "is printed by it): add -n 0, as scripts/container-test does")
     if shutil.which("docker") is None:
         pytest.skip(f"no docker CLI: {ENABLE}")
     info = subprocess.run(["docker", "version", "-f", "{{.Server.Version}}"], capture_output=True, text=True)

@@ -213,7 +213,9 @@ def overtakes(requests: list[list[tuple[str, bytes]]]) -> tuple[int, int]:
 
     async def race() -> int:
         attack = [asyncio.ensure_future(pool.decode(files, LIMITS, False, False)) for files in requests]
+        deadline = time.monotonic() + 30
         while pool.busy() == 0 or pool.waiting() < len(requests) - 1:
+            assert time.monotonic() < deadline, f"never saw one request running and the rest waiting: {pool.waiting()}"
             await asyncio.sleep(0.005)
         small = await pool.decode([("digit.png", hostile.png_small())], LIMITS, None, None)
         assert small[0].shape == (1, 28, 28)
