@@ -74,10 +74,12 @@ def test_load_mnist_missing_file_names_it(tmp_path, mnist_dir):
     "content,message",
     [
         (b"this is not gzip", "not a readable gzip file"),
-        (gzip.compress(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") * 3), "truncated"),
-        (gzip.compress(b"\x12\x34\x56\x78"), "no IDX uint8 header"),
-        (gzip.compress(bytes(range(256)) * 64)[:40] + b"\xff" * 200, "not a readable gzip file"),
+        (gzip.compress(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") * 3, mtime=0), "truncated"),
+        (gzip.compress(b"\x12\x34\x56\x78", mtime=0), "no IDX uint8 header"),
+        (gzip.compress(bytes(range(256)) * 64, mtime=0)[:40] + b"\xff" * 200, "not a readable gzip file"),
     ],
+    # Named, not by their bytes: every pytest-xdist worker must collect the same test IDs.
+    ids=["not-gzip", "truncated", "no-header", "corrupt-stream"],
 )
 def test_load_mnist_corrupt_file_names_it(tmp_path, mnist_dir, content, message):
     shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", tmp_path)
