@@ -9,6 +9,7 @@ import functools
 import os
 import signal
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -152,24 +153,18 @@ def test_memory_cap_stops_what_the_header_checks_miss(pool, case):
 def test_cpu_cap_stops_a_decode_of_thousands_of_scans():
     # Its own pool with a cap under 1 s: RLIMIT_CPU counts whole seconds of the worker's CPU time, so the kernel
     # stops the decode at the worker's next whole second (within 1 s of the file's start, not 1 to 2 s).
-    pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=0.5, timeout_s=30))
-    try:
+    with closing(DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=0.5, timeout_s=30))) as pool:
         with pytest.raises(ImageError, match=r"took more than 0.5 s of CPU time to decode, the limit") as err:
             decode(pool, [("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED)
         assert err.value.status == 422
         assert decode(pool, [("ok.png", hostile.png_small())])[0].shape == (1, 28, 28)
-    finally:
-        pool.close()
 
 
 def test_wall_clock_deadline_stops_a_decode():
-    pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=600, timeout_s=0.2))
-    try:
+    with closing(DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=600, timeout_s=0.2))) as pool:
         with pytest.raises(ImageError, match=r"took longer than 0.2 s to decode, the limit") as err:
             decode(pool, [("scans.jpg", hostile.jpeg_many_scans(scans=15_000))], UNCHECKED)
         assert err.value.status == 422
-    finally:
-        pool.close()
 
 
 def test_client_leaving_stops_its_decode(pool):
@@ -209,9 +204,7 @@ def test_free_worker_goes_to_the_request_that_used_least():
 def overtakes(requests: list[list[tuple[str, bytes]]]) -> tuple[int, int]:
     """One worker; `requests` are sent and all but the first wait for it; then a 28x28 PNG is sent. How many of the
     requests had ended when the PNG was decoded, and how many there were."""
-    pool = DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=10, timeout_s=60))
-
-    async def race() -> int:
+    async def race(pool: DecodePool) -> int:
         attack = [asyncio.ensure_future(pool.decode(files, LIMITS, False, False)) for files in requests]
         deadline = time.monotonic() + 30
         while pool.busy() == 0 or pool.waiting() < len(requests) - 1:
@@ -224,10 +217,8 @@ def overtakes(requests: list[list[tuple[str, bytes]]]) -> tuple[int, int]:
             assert (await task)[0].shape[1:] == (28, 28)
         return ended
 
-    try:
-        return asyncio.run(race()), len(requests)
-    finally:
-        pool.close()
+    with closing(DecodePool(PoolConfig(workers=1, memory_mb=MEMORY_MB, cpu_s=10, timeout_s=60))) as pool:
+        return asyncio.run(race(pool)), len(requests)
 
 
 def test_small_upload_overtakes_a_request_of_many_slow_files():
