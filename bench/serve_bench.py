@@ -67,6 +67,20 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, body, b"connection: close" not in lower
 
 
+STALL_S = 30.0  # how long after a run's end the load generators wait for answers still owed
+
+
+async def gather_within(seconds: float, clients) -> bool:
+    """Run the clients to the end, or cancel those still waiting after `seconds` (a server that stopped answering);
+    whether any was cancelled. Their unanswered requests count as lost."""
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.gather(*clients)
+    except TimeoutError:
+        return True
+    return False
+
+
 async def drive(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float) -> dict:
     """Run `concurrency` connections for warmup + duration seconds; stats cover responses finished in the window."""
     clock = time.perf_counter  # not loop.time(): uvloop's clock has millisecond resolution
@@ -79,32 +93,34 @@ async def drive(host: str, port: int, make_request, concurrency: int, warmup: fl
         nonlocal sent, answered
         reader = writer = None
         count = 0
-        while clock() < stop:
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                request = make_request(index, count)
-                count += 1
-                t0 = clock()
-                writer.write(request)
-                sent += 1
-                status, _, keep = await read_response(reader)
-                answered += 1
-                t1 = clock()
-                if start <= t1 <= stop:
-                    statuses[status] += 1
-                    if status == 200:
-                        latencies.append(t1 - t0)
-                if not keep:
-                    writer.close()
+        try:
+            while clock() < stop:
+                try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    request = make_request(index, count)
+                    count += 1
+                    t0 = clock()
+                    writer.write(request)
+                    sent += 1
+                    status, _, keep = await read_response(reader)
+                    answered += 1
+                    t1 = clock()
+                    if start <= t1 <= stop:
+                        statuses[status] += 1
+                        if status == 200:
+                            latencies.append(t1 - t0)
+                    if not keep:
+                        writer.close()
+                        writer = None
+                except (OSError, asyncio.IncompleteReadError) as err:
+                    failures[type(err).__name__] += 1
                     writer = None
-            except (OSError, asyncio.IncompleteReadError) as err:
-                failures[type(err).__name__] += 1
-                writer = None
-        if writer is not None:
-            writer.close()
+        finally:
+            if writer is not None:
+                writer.close()
 
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    stalled = await gather_within(warmup + duration + STALL_S, (client(i) for i in range(concurrency)))
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     ok = statuses.get(200, 0)
     return {
@@ -113,7 +129,7 @@ async def drive(host: str, port: int, make_request, concurrency: int, warmup: fl
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "errors": sum(n for s, n in statuses.items() if s != 200) + sum(failures.values()),
         "statuses": {str(s): n for s, n in sorted(statuses.items())}, "connection_failures": dict(failures),
-        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()),
+        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()), "stalled": stalled,
     }
 
 
@@ -271,25 +287,27 @@ async def drive_h2(host: str, port: int, make_request, concurrency: int, warmup:
         nonlocal sent, answered
         caller = H2Caller(host, port, path)
         count = 0
-        while clock() < stop:
-            try:
-                request = make_request(index, count)
-                count += 1
-                t0 = clock()
-                sent += 1
-                ok = await caller.call(request)
-                answered += 1
-                t1 = clock()
-                if start <= t1 <= stop:
-                    statuses["OK" if ok else "error"] += 1
-                    if ok:
-                        latencies.append(t1 - t0)
-            except (OSError, asyncio.IncompleteReadError) as err:
-                failures[type(err).__name__] += 1
-                caller.close()
-        caller.close()
+        try:
+            while clock() < stop:
+                try:
+                    request = make_request(index, count)
+                    count += 1
+                    t0 = clock()
+                    sent += 1
+                    ok = await caller.call(request)
+                    answered += 1
+                    t1 = clock()
+                    if start <= t1 <= stop:
+                        statuses["OK" if ok else "error"] += 1
+                        if ok:
+                            latencies.append(t1 - t0)
+                except (OSError, asyncio.IncompleteReadError) as err:
+                    failures[type(err).__name__] += 1
+                    caller.close()
+        finally:
+            caller.close()
 
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    stalled = await gather_within(warmup + duration + STALL_S, (client(i) for i in range(concurrency)))
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     ok = statuses.get("OK", 0)
     return {
@@ -298,7 +316,7 @@ async def drive_h2(host: str, port: int, make_request, concurrency: int, warmup:
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "errors": sum(n for s, n in statuses.items() if s != "OK") + sum(failures.values()),
         "statuses": dict(sorted(statuses.items())), "connection_failures": dict(failures),
-        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()),
+        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()), "stalled": stalled,
     }
 
 
