@@ -7,7 +7,6 @@ Tests that need Chromium skip, naming the install command, when it or Selenium i
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 import contract
 from service.settings import BUNDLED_MODEL_BASE_PATH, REPO_ROOT
+from tests.ports import free_port
 
 # VAE_TEST_MODEL_DIR: one version folder to serve instead (e.g. models/mnist_vae/1, which has no score signature).
 MODEL = Path(os.environ.get("VAE_TEST_MODEL_DIR") or max(contract.version_folders(BUNDLED_MODEL_BASE_PATH).items())[1])
@@ -27,12 +27,6 @@ INSTALL = "apt-get install -y chromium chromium-driver (and pip install -e '.[de
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1280,1100"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_service(*args: str, **env: str) -> tuple[subprocess.Popen, str]:

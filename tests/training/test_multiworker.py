@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tests.ports import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MNIST = REPO / "tests" / "data" / "mnist"
@@ -36,12 +37,6 @@ vae = train(model_cfg=model_cfg, train_cfg=cfg, verbose=0, **kwargs)
 np.savez(out, losses=np.array(vae.step_losses),
          **{f"w{i}": w for i, w in enumerate(vae.encoder_body.get_weights() + vae.decoder_body.get_weights())})
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(tf_config=None):

@@ -1,18 +1,12 @@
 """The metrics port: what a scraper reads without the API key, while /metrics on the API port keeps needing it."""
 
-import socket
 
 import httpx
 
 from service.http.server import serve_metrics
 from service.serving.metrics import Metrics
 from service.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.ports import free_port
 
 
 def test_metrics_port_serves_the_apps_metrics_without_a_key():

@@ -20,12 +20,7 @@ import pytest
 
 from service.__main__ import main
 from service.settings import REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 def break_model(model_dir: Path, root: Path, fault: str) -> Path:

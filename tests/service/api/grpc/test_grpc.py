@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
 from service.settings import Settings
+from tests.ports import free_port
 from tests.service.conftest import LiveServer
 
 KEY = "grpc-test-key"
@@ -33,12 +34,6 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 METADATA = tuple(AUTH.items())
 MODEL = "mnist_vae"
 ENCODE_OUTPUTS = ("mean", "covariance", "scale_tril")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served(LiveServer):

@@ -10,7 +10,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 
 import contract
 from service.settings import REPO_ROOT
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -104,12 +104,6 @@ def place(base_path: Path, number: int, source: Path) -> Path:
 @pytest.fixture(scope="session")
 def place_version() -> Callable[[Path, int, Path], Path]:
     return place
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
