@@ -12,7 +12,6 @@ blocks, which are not run.
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -53,19 +54,13 @@ def test_the_marked_sections_hold_examples_of_every_model_route():
         assert f"{DOCUMENTED_ADDRESS}{route}" in examples, route
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_service(tmp_path_factory):
     """`python -m service` on free ports (HTTP, and both gRPC front ends), ready (warmed up); yields the addresses
     that stand for 127.0.0.1:8000, :8081 and :8500. Batches of at most 64 images, the sizes warmed before it is
     ready: with the default of 256 its model threads would go on to warm the sizes 80 to 256, seconds of CPU beside
     the examples (which send a few images)."""
-    port, grpc_port, tfserving_port = _free_port(), _free_port(), _free_port()
+    port, grpc_port, tfserving_port = free_port(), free_port(), free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_GRPC": "true", "VAE_GRPC_PORT": str(grpc_port),
            "VAE_TFSERVING_GRPC_PORT": str(tfserving_port), "VAE_BATCH_MAX_SIZE": "64"}

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,12 +61,6 @@ def test_redoc_is_not_served(docs_client):
     assert docs_client.get("/redoc").status_code == 404
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # drives a browser
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="needs a headless Chromium: apt-get install chromium (Debian's package)")
@@ -75,7 +69,7 @@ def test_docs_render_in_a_browser_that_cannot_reach_the_internet(tmp_path):
     page made (its net log, requests initiated by the page's origin) went to the service. The service follows an
     empty base path: the docs and the schema do not depend on the model, whose load and warm-up would only compete
     with Chromium for the CPU."""
-    port = _free_port()
+    port = free_port()
     origin = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     (tmp_path / "models").mkdir()

@@ -4,7 +4,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 from service.settings import REPO_ROOT
+from tests.ports import free_port
 from tests.service.drawing import draw_digit, encoded
 
 pytestmark = pytest.mark.slow  # starts other processes or drives a browser
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.slow  # starts other processes or drives a browser
 
 @pytest.fixture(scope="module")
 def server(real_model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "VAE_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--model-dir",
                                 str(real_model_dir)],
