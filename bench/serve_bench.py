@@ -115,6 +115,8 @@ async def drive(host: str, port: int, make_request, concurrency: int, warmup: fl
                         writer = None
                 except (OSError, asyncio.IncompleteReadError) as err:
                     failures[type(err).__name__] += 1
+                    if writer is not None:
+                        writer.close()
                     writer = None
         finally:
             if writer is not None:
@@ -370,7 +372,7 @@ async def drive_grpc(host: str, port: int, make_request, concurrency: int, warmu
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "errors": sum(n for s, n in statuses.items() if s != "OK") + sum(failures.values()),
         "statuses": dict(sorted(statuses.items())), "connection_failures": dict(failures), "channels": channels,
-        "sent": sent, "answered": answered, "lost": sent - answered,
+        "sent": sent, "answered": answered, "lost": sent - answered, "stalled": False,  # each call has its timeout
     }
 
 
@@ -382,12 +384,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(port: int, path: str) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One GET; TimeoutError (an OSError) if the answer takes longer than `timeout` seconds."""
     async def once() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(get(path))
-        status, body, _ = await read_response(reader)
-        writer.close()
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(get(path))
+                status, body, _ = await read_response(reader)
+            finally:
+                writer.close()
         return status, body
 
     return run_async(once())
@@ -606,7 +612,9 @@ def protocols_report(args) -> dict:
                                                                    for r in report["rounds"]), 1),
                "c64_server_cpu_us_per_request": median(f"{name}_c64", "server_cpu_us_per_request"),
                "c1_p50_ms": median(f"{name}_c1", "p50_ms"),
-               "errors": sum(r[f"{name}_c{c}"]["errors"] for r in report["rounds"] for c in (64, 1))}
+               "errors": sum(r[f"{name}_c{c}"]["errors"] for r in report["rounds"] for c in (64, 1)),
+               "lost": sum(r[f"{name}_c{c}"]["lost"] for r in report["rounds"] for c in (64, 1)),
+               "stalled": any(r[f"{name}_c{c}"].get("stalled", False) for r in report["rounds"] for c in (64, 1))}
         for name in paths}
     if {"json", "v2_binary"} <= set(paths):
         report["summary"]["c1_p50_binary_minus_json_ms"] = round(
