@@ -1,6 +1,5 @@
 """The metrics port: what a scraper reads without the API key, while /metrics on the API port keeps needing it."""
 
-
 import httpx
 
 from service.http.server import serve_metrics
