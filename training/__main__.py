@@ -137,6 +137,15 @@ def parser():
     return p
 
 
+def _training_record(version_dir):
+    """The training record in a version folder's metadata.json (paths relative to the working directory, as
+    `--init-from` records them), or None if the folder is not here."""
+    import contract
+
+    path = pathlib.Path(version_dir)
+    return contract.read_metadata(path).get("training") if (path / contract.METADATA_FILE).is_file() else None
+
+
 def evaluate_command(args):
     """The `evaluate` subcommand: print the metrics as JSON; optionally write figures and metadata."""
     import contract
@@ -149,7 +158,7 @@ def evaluate_command(args):
     x = data.fixed_binarization(images, seed=BINARIZATION_SEED)
     if args.model_dir:
         model = Model.from_saved_model(args.model_dir)
-        history = contract.read_metadata(args.model_dir)["training"].get("history", [])
+        history = figures.lineage(contract.read_metadata(args.model_dir)["training"], _training_record)
     else:
         from training.train import read_history, restore_weights
 

@@ -35,30 +35,61 @@ def prior_samples(model, latent_size, n=40, columns=10, seed=7):
     return grid(_modes(model.decode(z)), columns=columns)
 
 
-def training_curve(history, path):
-    """Train loss and held-out loss (negative ELBO, nats) per epoch."""
+def stage_label(record: dict) -> str:
+    """The objective of a training run's record (metadata's `training` or one of its `earlier_stages`)."""
+    train = record.get("train") or {}
+    return f"IWAE k={train.get('k')}" if train.get("objective") == "iwae" else "ELBO"
+
+
+def lineage(training: dict, find_training=lambda init_from: None) -> list[tuple[str, list[dict]]]:
+    """A version's training stages, oldest first, as (objective, per-epoch history): the runs its metadata records
+    (`earlier_stages`, newest first, then its own) and, before them, those of the version the oldest started from
+    (its `init_from`), when `find_training(init_from)` returns that version's training record."""
+    stages = [*reversed(training.get("earlier_stages") or []), training]
+    origin = (stages[0].get("train") or {}).get("init_from")
+    earlier = find_training(origin) if origin else None
+    before = lineage(earlier, find_training) if earlier else []
+    return before + [(stage_label(stage), stage.get("history") or []) for stage in stages]
+
+
+def training_curve(stages, path):
+    """Train loss and validation loss (nats) per epoch, stage after stage: `stages` is [(objective, history)]
+    (lineage()'s), or one run's history rows. The train loss is each stage's objective (negative ELBO or -IWAE_k),
+    the validation loss always the negative ELBO."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [int(row["epoch"]) + 1 for row in history]
+    if stages and isinstance(stages[0], dict):
+        stages = [("", stages)]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [float(row["loss"]) for row in history], label="train (negative ELBO, 1 sample)")
-    ax.plot(epochs, [float(row["val_loss"]) for row in history], label="test (negative ELBO, 1 sample)")
-    ax.set_xlabel("epoch")
+    start, values = 0, []
+    for index, (label, rows) in enumerate(stages):
+        epochs = [start + int(row["epoch"]) + 1 for row in rows]
+        train, val = [float(row["loss"]) for row in rows], [float(row["val_loss"]) for row in rows]
+        ax.plot(epochs, train, "C0.-", label="train (the stage's objective)" if index == 0 else None)
+        ax.plot(epochs, val, "C1.-", label="validation (negative ELBO)" if index == 0 else None)
+        if len(stages) > 1:
+            ax.axvline(start + 0.5, color="0.6", lw=0.8)
+            ax.annotate(label, (start + 0.7, 0.98), xycoords=("data", "axes fraction"), va="top", rotation=90,
+                        fontsize=7, color="0.3")
+        skip = max(1, len(rows) // 10) if index == 0 and len(rows) > 1 else 0  # the first epochs dwarf the rest
+        values += train[skip:] + val[skip:]
+        start += len(rows)
+    ax.set_xlabel("epoch" if len(stages) == 1 else "epoch (stage after stage)")
     ax.set_ylabel("nats per image")
-    # The first epoch's loss dwarfs the rest: scale the axis to the later epochs.
-    later = [float(row[key]) for row in history[1:] or history for key in ("loss", "val_loss")]
-    ax.set_ylim(min(later) - 2, max(later) + 2)
+    if values:  # scaled to the later epochs (the first tenth of the first stage's run off the top)
+        ax.set_ylim(min(values) - 2, max(values) + 2)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def write_all(out_dir, model, x, history):
+    """The three figures; `history`: one run's rows or lineage()'s stages."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reconstructions(model, x).save(out_dir / "reconstructions.png")

@@ -72,3 +72,23 @@ def test_figures_are_pngs_of_digit_grids(saved_model, tiny_run, test_digits, tmp
     assert samples.size == (10 * 30 + 2, 4 * 30 + 2)
     assert np.asarray(samples).std() > 10, "sample grid is not blank"
     assert Image.open(tmp_path / "training_curve.png").format == "PNG"
+
+
+def test_the_training_curve_follows_a_version_through_its_stages(tmp_path):
+    """A fine-tuned version's curve: the run of the version it started from, then its recorded stages, oldest
+    first, each named by its objective; an origin that is not at hand is left out."""
+    def run(epochs, objective="iwae", k=None, init_from=None, loss=90.0):
+        history = [{"epoch": e, "loss": loss - e, "val_loss": loss + 2 - e} for e in range(epochs)]
+        return {"train": {"objective": objective, "k": k, "init_from": init_from}, "history": history}
+
+    origin = run(5, objective="elbo", loss=100.0)
+    version = {**run(1, k=50, init_from="cand"),
+               "earlier_stages": [run(3, k=10, init_from="v3"), run(2, k=5, init_from="v1")]}
+    records = {"v1": origin}
+    stages = figures.lineage(version, records.get)
+    assert [(label, len(rows)) for label, rows in stages] == [("ELBO", 5), ("IWAE k=5", 2), ("IWAE k=10", 3),
+                                                             ("IWAE k=50", 1)]
+    assert stages[0][1] is origin["history"]
+    assert [label for label, _ in figures.lineage(version)] == ["IWAE k=5", "IWAE k=10", "IWAE k=50"]
+    figures.training_curve(stages, tmp_path / "curve.png")
+    assert Image.open(tmp_path / "curve.png").format == "PNG"
