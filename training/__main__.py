@@ -158,7 +158,7 @@ def evaluate_command(args):
     x = data.fixed_binarization(images, seed=BINARIZATION_SEED)
     if args.model_dir:
         model = Model.from_saved_model(args.model_dir)
-        history = figures.lineage(contract.read_metadata(args.model_dir)["training"], _training_record)
+        history = figures.lineage(contract.read_metadata(args.model_dir).get("training") or {}, _training_record)
     else:
         from training.train import read_history, restore_weights
 

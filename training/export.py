@@ -51,6 +51,19 @@ def restore_from_saved_model(model_dir):
     return vae, training, path, history
 
 
+def earlier_stages(init_from) -> list[dict]:
+    """The training records behind a run's --init-from version, newest first: that version's own record, then the
+    earlier stages it keeps. [] when the run started from scratch or the folder is not here (paths are relative to
+    the working directory, as --init-from recorded them)."""
+    path = pathlib.Path(init_from) if init_from else None
+    if path is None or not (path / contract.METADATA_FILE).is_file():
+        return []
+    record = dict(contract.read_metadata(path).get("training") or {})
+    if not record:
+        return []
+    return [record, *(record.pop("earlier_stages", None) or [])]
+
+
 def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None, overwrite=False, from_model=None):
     """Write <base_dir>/<model_name>/<version>/ (SavedModel + metadata.json) and return its path. from_model: take the
     weights from that exported version folder instead of run_dir's latest checkpoint."""
@@ -59,6 +72,8 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
     else:
         vae, config, checkpoint = restore_weights(run_dir)
         history = read_history(run_dir)
+        if stages := earlier_stages((config.get("train") or {}).get("init_from")):
+            config = {**config, "earlier_stages": stages}
     model_base = pathlib.Path(base_dir) / model_name
     version = version or next_version(model_base)
     target = model_base / str(version)

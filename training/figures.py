@@ -41,15 +41,17 @@ def stage_label(record: dict) -> str:
     return f"IWAE k={train.get('k')}" if train.get("objective") == "iwae" else "ELBO"
 
 
-def lineage(training: dict, find_training=lambda init_from: None) -> list[tuple[str, list[dict]]]:
+def lineage(training: dict, find_training=lambda init_from: None, _seen=None) -> list[tuple[str, list[dict]]]:
     """A version's training stages, oldest first, as (objective, per-epoch history): the runs its metadata records
     (`earlier_stages`, newest first, then its own) and, before them, those of the version the oldest started from
-    (its `init_from`), when `find_training(init_from)` returns that version's training record."""
+    (its `init_from`), when `find_training(init_from)` returns that version's training record. Stages without a
+    history are left out."""
     stages = [*reversed(training.get("earlier_stages") or []), training]
     origin = (stages[0].get("train") or {}).get("init_from")
-    earlier = find_training(origin) if origin else None
-    before = lineage(earlier, find_training) if earlier else []
-    return before + [(stage_label(stage), stage.get("history") or []) for stage in stages]
+    seen = _seen or set()
+    earlier = find_training(origin) if origin and origin not in seen else None  # a chain that loops ends
+    before = lineage(earlier, find_training, seen | {origin}) if earlier else []
+    return before + [(stage_label(stage), stage["history"]) for stage in stages if stage.get("history")]
 
 
 def training_curve(stages, path):

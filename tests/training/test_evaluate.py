@@ -90,5 +90,8 @@ def test_the_training_curve_follows_a_version_through_its_stages(tmp_path):
                                                              ("IWAE k=50", 1)]
     assert stages[0][1] is origin["history"]
     assert [label for label, _ in figures.lineage(version)] == ["IWAE k=5", "IWAE k=10", "IWAE k=50"]
+    looping = run(2, k=5, init_from="self")  # a version fine-tuned from its own folder
+    assert [len(rows) for _, rows in figures.lineage(looping, {"self": looping}.get)] == [2, 2]
+    assert figures.lineage({"history": []}) == []  # nothing to plot: write_all draws no curve
     figures.training_curve(stages, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").format == "PNG"

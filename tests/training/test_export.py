@@ -154,3 +154,15 @@ def test_reexport_from_saved_model_keeps_the_weights(reexported, loaded, test_di
     x = tf.constant(test_digits[0][:4])
     np.testing.assert_array_equal(tf.saved_model.load(str(reexported)).signatures["encode"](images=x)["mean"],
                                   loaded["encode"](images=x)["mean"])
+
+
+def test_a_fine_tuned_export_keeps_the_records_of_the_runs_before_it(exported, tmp_path):
+    """earlier_stages: the --init-from version's training record, then the stages that version kept, newest first."""
+    from training.export import earlier_stages
+
+    record = read_metadata(exported)["training"]
+    assert earlier_stages(exported) == [record] and earlier_stages(None) == earlier_stages(tmp_path / "gone") == []
+    document = json.loads((exported / "metadata.json").read_text())
+    document["training"]["earlier_stages"] = [{"train": {"k": 5}, "history": []}]
+    (tmp_path / "metadata.json").write_text(json.dumps(document))
+    assert earlier_stages(tmp_path) == [record, {"train": {"k": 5}, "history": []}]
