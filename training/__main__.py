@@ -137,20 +137,12 @@ def parser():
     return p
 
 
-def _training_record(version_dir):
-    """The training record in a version folder's metadata.json (paths relative to the working directory, as
-    `--init-from` records them), or None if the folder is not here."""
-    import contract
-
-    path = pathlib.Path(version_dir)
-    return contract.read_metadata(path).get("training") if (path / contract.METADATA_FILE).is_file() else None
-
-
 def evaluate_command(args):
     """The `evaluate` subcommand: print the metrics as JSON; optionally write figures and metadata."""
     import contract
     from training import data, figures
     from training.evaluate import BINARIZATION_SEED, Model, calibrate, evaluate
+    from training.export import training_record
 
     if args.update_metadata and not args.model_dir:  # before the minutes of evaluation, not after
         raise FileNotFoundError("--update-metadata needs --model-dir (the SavedModel whose metadata.json to update)")
@@ -158,13 +150,14 @@ def evaluate_command(args):
     x = data.fixed_binarization(images, seed=BINARIZATION_SEED)
     if args.model_dir:
         model = Model.from_saved_model(args.model_dir)
-        history = figures.lineage(contract.read_metadata(args.model_dir).get("training") or {}, _training_record)
+        record = contract.read_metadata(args.model_dir).get("training") or {}
     else:
         from training.train import read_history, restore_weights
 
-        vae, _, _ = restore_weights(args.run_dir)
+        vae, config, _ = restore_weights(args.run_dir)
         model = Model.from_keras(vae)
-        history = read_history(args.run_dir)
+        record = {**config, "history": read_history(args.run_dir)}
+    stages = figures.lineage(record, training_record)  # the curve: this run and those it was fine-tuned from
     metrics = None
     if not args.no_metrics:
         metrics = evaluate(model, x, k=args.k, sampling_seed=args.seed)
@@ -184,7 +177,7 @@ def evaluate_command(args):
         contract.write_metadata(args.model_dir, meta)
     if args.figures_dir:
         out = pathlib.Path(args.figures_dir)
-        figures.write_all(out, model, x, history)
+        figures.write_all(out, model, x, stages)
         logging.getLogger("training").info("figures written to %s", out)
     return metrics
 

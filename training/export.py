@@ -51,17 +51,20 @@ def restore_from_saved_model(model_dir):
     return vae, training, path, history
 
 
+def training_record(version_dir) -> dict | None:
+    """The training record in a version folder's metadata.json, or None if there is none or the folder is not here
+    (a path relative to the working directory, as --init-from records it)."""
+    path = pathlib.Path(version_dir) if version_dir else None
+    if path is None or not (path / contract.METADATA_FILE).is_file():
+        return None
+    return contract.read_metadata(path).get("training") or None
+
+
 def earlier_stages(init_from) -> list[dict]:
     """The training records behind a run's --init-from version, newest first: that version's own record, then the
-    earlier stages it keeps. [] when the run started from scratch or the folder is not here (paths are relative to
-    the working directory, as --init-from recorded them)."""
-    path = pathlib.Path(init_from) if init_from else None
-    if path is None or not (path / contract.METADATA_FILE).is_file():
-        return []
-    record = dict(contract.read_metadata(path).get("training") or {})
-    if not record:
-        return []
-    return [record, *(record.pop("earlier_stages", None) or [])]
+    earlier stages it keeps. [] when the run started from scratch or the folder is not here."""
+    record = dict(training_record(init_from) or {})
+    return [record, *(record.pop("earlier_stages", None) or [])] if record else []
 
 
 def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None, overwrite=False, from_model=None):

@@ -55,16 +55,14 @@ def lineage(training: dict, find_training=lambda init_from: None, _seen=None) ->
 
 
 def training_curve(stages, path):
-    """Train loss and validation loss (nats) per epoch, stage after stage: `stages` is [(objective, history)]
-    (lineage()'s), or one run's history rows. The train loss is each stage's objective (negative ELBO or -IWAE_k),
-    the validation loss always the negative ELBO."""
+    """Train loss and validation loss (nats) per epoch, stage after stage: `stages` is lineage()'s [(objective,
+    history)]. The train loss is each stage's objective (negative ELBO or -IWAE_k), the validation loss always the
+    negative ELBO."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if stages and isinstance(stages[0], dict):
-        stages = [("", stages)]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     start, values = 0, []
     for index, (label, rows) in enumerate(stages):
@@ -90,12 +88,12 @@ def training_curve(stages, path):
     plt.close(fig)
 
 
-def write_all(out_dir, model, x, history):
-    """The three figures; `history`: one run's rows or lineage()'s stages."""
+def write_all(out_dir, model, x, stages):
+    """The three figures; `stages`: lineage()'s, for the training curve (none without a history)."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reconstructions(model, x).save(out_dir / "reconstructions.png")
     latent_size = model.encode(tf.constant(x[:1]))[0].shape[-1]
     prior_samples(model, latent_size).save(out_dir / "prior_samples.png")
-    if history:
-        training_curve(history, out_dir / "training_curve.png")
+    if stages:
+        training_curve(stages, out_dir / "training_curve.png")

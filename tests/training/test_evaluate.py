@@ -65,7 +65,7 @@ def test_figures_are_pngs_of_digit_grids(saved_model, tiny_run, test_digits, tmp
     from training.train import read_history
 
     run_dir, _ = tiny_run
-    figures.write_all(tmp_path, saved_model, test_digits[0][:10], read_history(run_dir))
+    figures.write_all(tmp_path, saved_model, test_digits[0][:10], figures.lineage({"history": read_history(run_dir)}))
     recon = Image.open(tmp_path / "reconstructions.png")
     assert recon.format == "PNG" and recon.size == (10 * 30 + 2, 2 * 30 + 2)
     samples = Image.open(tmp_path / "prior_samples.png")
