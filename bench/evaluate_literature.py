@@ -16,7 +16,6 @@ to <out>/<pass>/<first image>.npz as soon as they are computed, and a rerun skip
 """
 
 import argparse
-import hashlib
 import json
 import os
 import pathlib
@@ -90,15 +89,6 @@ def active_units(encode, x, threshold=ACTIVE_UNIT_THRESHOLD, batch=500):
     return int((variance > threshold).sum()), [round(float(v), 4) for v in variance]
 
 
-def weights_digest(model_dir) -> str:
-    """SHA-256 of a version's variables (index and data files): which weights an --out folder's chunks scored."""
-    digest = hashlib.sha256()
-    for path in sorted((pathlib.Path(model_dir) / "variables").iterdir()):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="an exported version folder, e.g. models/mnist_vae/3")
@@ -119,11 +109,12 @@ def main(argv=None):
     score, encode = root.signatures["score"], root.signatures["encode"]
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    digest = weights_digest(args.model_dir)
-    if summary.get("weights_sha256", digest) != digest:  # resuming would mix two models' scores
-        raise SystemExit(f"{out} holds scores of other weights (weights_sha256 {summary['weights_sha256'][:12]}..., "
-                         f"{args.model_dir} has {digest[:12]}...): pass another --out")
-    summary.update(model_dir=str(args.model_dir), weights_sha256=digest, test_images=len(x),
+    # Which weights the chunks scored: the SavedModel fingerprint's hash of its checkpoint.
+    weights = str(tf.saved_model.experimental.read_fingerprint(args.model_dir).checkpoint_hash)
+    if summary.get("checkpoint_hash", weights) != weights:  # resuming would mix two models' scores
+        raise SystemExit(f"{out} holds scores of other weights (checkpoint_hash {summary['checkpoint_hash']}, "
+                         f"{args.model_dir} has {weights}): pass another --out")
+    summary.update(model_dir=str(args.model_dir), checkpoint_hash=weights, test_images=len(x),
                    binarization_seed=BINARIZATION_SEED, sampling_seed=0)
     summary_path.write_text(json.dumps(summary, indent=2))  # the weights on record before the first chunk
 

@@ -3,12 +3,15 @@ falls on every variant alike. Prints one JSON line per run, then the medians as 
 
     git worktree add /tmp/before HEAD~1
     python bench/serve_ab.py --rounds 3 /tmp/before . '.:VAE_TF_INTRA_OP_THREADS=1'
+    python bench/serve_ab.py --protocol grpc --rounds 3 . '.:GRPC_EXPERIMENTS=event_engine_poller_for_python'
 
 A variant is a checkout directory, optionally followed by ':' and ';'-separated VAR=VALUE environment settings. Each
 run starts that checkout's `python -m service` with its bundled model, drives single-image encode requests (our
-JSON, or KServe v2 binary tensors with --protocol v2) for --warmup + --duration seconds, and reports requests/s, p50,
-the event loop's CPU per request and the mean model call time per batch; with two or more variants, each later
-variant's per-round req/s ratios to the first and their median (the figure the request-path budget is judged by).
+JSON; KServe v2 binary tensors with --protocol v2; gRPC ModelInfer with raw tensors, as tritonclient.grpc sends them,
+over serve_bench's HTTP/2 load generator, with --protocol grpc) for --warmup + --duration seconds, and reports
+requests/s, p50, the event loop's and the whole process's CPU per request and the mean model call time per batch;
+with two or more variants, each later variant's per-round req/s ratios to the first and their median (the figure the
+request-path budget is judged by).
 """
 
 import argparse
@@ -17,7 +20,18 @@ import statistics
 import sys
 from pathlib import Path
 
-from serve_bench import cpu_seconds, drive, encode_requests, histogram_totals, run_async, serving, v2_encode_requests
+from serve_bench import (
+    cpu_seconds,
+    drive,
+    drive_h2,
+    encode_requests,
+    free_port,
+    grpc_encode_requests,
+    histogram_totals,
+    run_async,
+    serving,
+    v2_encode_requests,
+)
 
 MODEL_CALL = "vae_model_inference_seconds"  # the service's model-call-time histogram
 
@@ -32,19 +46,30 @@ def run(variant: str, args) -> dict:
     checkout, _, settings = variant.partition(":")
     repo = Path(checkout).resolve()
     env = dict(item.split("=", 1) for item in settings.split(";") if item)
-    requests = v2_encode_requests() if args.protocol == "v2" else encode_requests()
+    requests = {"json": encode_requests, "v2": v2_encode_requests, "grpc": grpc_encode_requests}[args.protocol]()
+    grpc = {"grpc": "true", "grpc_port": str(free_port()), "tfserving_grpc_port": "0"} if args.protocol == "grpc" \
+        else {}
 
     def request(client: int, count: int) -> bytes:
         return requests[(client + count) % len(requests)]
 
-    with serving(str(repo / "models/mnist_vae/1"), repo=repo, extra_env=env) as server:
-        run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, args.warmup))
+    with serving(str(repo / "models/mnist_vae/1"), repo=repo, extra_env=env, **grpc) as server:
+        def load(seconds: float) -> dict:
+            if args.protocol == "grpc":
+                return run_async(drive_h2("127.0.0.1", server.grpc_port, request, args.concurrency, 0, seconds))
+            return run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, seconds))
+
+        load(args.warmup)
         calls_before, cpu_before = histogram_totals(server.port, MODEL_CALL, "encode"), main_thread_cpu(server.pid)
-        result = run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, args.duration))
+        process_before = cpu_seconds(server.pid)
+        result = load(args.duration)
         calls_after, cpu_after = histogram_totals(server.port, MODEL_CALL, "encode"), main_thread_cpu(server.pid)
+        process_after = cpu_seconds(server.pid)
     model_seconds, model_calls = calls_after[0] - calls_before[0], calls_after[1] - calls_before[1]
+    answered = max(result["answered"], 1)
     return {"rps": result["throughput_rps"], "p50_ms": result["p50_ms"], "errors": result["errors"],
-            "event_loop_us_per_request": round((cpu_after - cpu_before) / max(result["answered"], 1) * 1e6),
+            "event_loop_us_per_request": round((cpu_after - cpu_before) / answered * 1e6),
+            "process_us_per_request": round((process_after - process_before) / answered * 1e6),
             "model_call_ms": round(model_seconds / max(model_calls, 1) * 1000, 2)}
 
 
@@ -55,8 +80,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=6.0)
-    parser.add_argument("--protocol", choices=("json", "v2"), default="json",
-                        help="single-image encode requests as our JSON or as KServe v2 binary tensors")
+    parser.add_argument("--protocol", choices=("json", "v2", "grpc"), default="json",
+                        help="single-image encode requests as our JSON, as KServe v2 binary tensors, or as gRPC "
+                        "ModelInfer on the same server's gRPC port")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     for _ in range(args.rounds):
