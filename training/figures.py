@@ -36,9 +36,11 @@ def prior_samples(model, latent_size, n=40, columns=10, seed=7):
 
 
 def stage_label(record: dict) -> str:
-    """The objective of a training run's record (metadata's `training` or one of its `earlier_stages`)."""
+    """The objective of a training run's record (metadata's `training` or one of its `earlier_stages`) and the digits
+    its validation loss was computed on (records older than the `validation` setting validated on the test digits)."""
     train = record.get("train") or {}
-    return f"IWAE k={train.get('k')}" if train.get("objective") == "iwae" else "ELBO"
+    objective = f"IWAE k={train.get('k')}" if train.get("objective") == "iwae" else "ELBO"
+    return f"{objective}, val. {train.get('validation') or 'test'}"
 
 
 def lineage(training: dict, find_training=lambda init_from: None, _seen=None) -> list[tuple[str, list[dict]]]:
@@ -69,7 +71,7 @@ def training_curve(stages, path):
         epochs = [start + int(row["epoch"]) + 1 for row in rows]
         train, val = [float(row["loss"]) for row in rows], [float(row["val_loss"]) for row in rows]
         ax.plot(epochs, train, "C0.-", label="train (the stage's objective)" if index == 0 else None)
-        ax.plot(epochs, val, "C1.-", label="validation (negative ELBO)" if index == 0 else None)
+        ax.plot(epochs, val, "C1.-", label="validation (negative ELBO; digits per stage)" if index == 0 else None)
         if len(stages) > 1:
             ax.axvline(start + 0.5, color="0.6", lw=0.8)
             ax.annotate(label, (start + 0.7, 0.98), xycoords=("data", "axes fraction"), va="top", rotation=90,
@@ -82,7 +84,7 @@ def training_curve(stages, path):
     if values:  # scaled to the later epochs (the first tenth of the first stage's run off the top)
         ax.set_ylim(min(values) - 2, max(values) + 2)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center")
+    ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
