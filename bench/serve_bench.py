@@ -81,6 +81,23 @@ async def gather_within(seconds: float, clients) -> bool:
     return False
 
 
+def load_report(concurrency: int, duration: float, latencies: list[float], statuses: Counter, ok_status,
+                failures: Counter, sent: int, answered: int, stalled: bool, **extra) -> dict:
+    """What each load generator reports: answers with `ok_status` in the measured window (their throughput and
+    latency percentiles), the other answers by status, connection failures, and calls sent but never answered."""
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    ok = statuses.get(ok_status, 0)
+    return {
+        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": sum(n for s, n in statuses.items() if s != ok_status) + sum(failures.values()),
+        "statuses": {str(s): n for s, n in sorted(statuses.items())}, "connection_failures": dict(failures),
+        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()), "stalled": stalled,
+        **extra,
+    }
+
+
 async def drive(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float) -> dict:
     """Run `concurrency` connections for warmup + duration seconds; stats cover responses finished in the window."""
     clock = time.perf_counter  # not loop.time(): uvloop's clock has millisecond resolution
@@ -123,16 +140,7 @@ async def drive(host: str, port: int, make_request, concurrency: int, warmup: fl
                 writer.close()
 
     stalled = await gather_within(warmup + duration + STALL_S, (client(i) for i in range(concurrency)))
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    ok = statuses.get(200, 0)
-    return {
-        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "errors": sum(n for s, n in statuses.items() if s != 200) + sum(failures.values()),
-        "statuses": {str(s): n for s, n in sorted(statuses.items())}, "connection_failures": dict(failures),
-        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()), "stalled": stalled,
-    }
+    return load_report(concurrency, duration, latencies, statuses, 200, failures, sent, answered, stalled)
 
 
 def post(path: str, body: bytes) -> bytes:
@@ -310,16 +318,7 @@ async def drive_h2(host: str, port: int, make_request, concurrency: int, warmup:
             caller.close()
 
     stalled = await gather_within(warmup + duration + STALL_S, (client(i) for i in range(concurrency)))
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    ok = statuses.get("OK", 0)
-    return {
-        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "errors": sum(n for s, n in statuses.items() if s != "OK") + sum(failures.values()),
-        "statuses": dict(sorted(statuses.items())), "connection_failures": dict(failures),
-        "sent": sent, "answered": answered, "lost": sent - answered - sum(failures.values()), "stalled": stalled,
-    }
+    return load_report(concurrency, duration, latencies, statuses, "OK", failures, sent, answered, stalled)
 
 
 async def drive_grpc(host: str, port: int, make_request, concurrency: int, warmup: float, duration: float,
@@ -364,16 +363,9 @@ async def drive_grpc(host: str, port: int, make_request, concurrency: int, warmu
     finally:
         for channel in opened:
             await channel.close()
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    ok = statuses.get("OK", 0)
-    return {
-        "concurrency": concurrency, "duration_s": duration, "ok": ok, "throughput_rps": round(ok / duration, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "errors": sum(n for s, n in statuses.items() if s != "OK") + sum(failures.values()),
-        "statuses": dict(sorted(statuses.items())), "connection_failures": dict(failures), "channels": channels,
-        "sent": sent, "answered": answered, "lost": sent - answered, "stalled": False,  # each call has its timeout
-    }
+    # Each call has its timeout: none stalls.
+    return load_report(concurrency, duration, latencies, statuses, "OK", failures, sent, answered, False,
+                       channels=channels)
 
 
 # --- the server ---------------------------------------------------------------------------------------------------
