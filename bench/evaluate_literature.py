@@ -8,8 +8,8 @@ alone (`score` and `encode`), resumable:
 
 Test digits are binarized once with seed 0 (training.evaluate.BINARIZATION_SEED); test image i gets the posterior
 noise seed i, as `python -m training evaluate` and a score request with seed 0 do. Each chunk's per-image scores go
-to <out>/<pass>/<first image>.npz as soon as they are computed, and a rerun skips the chunks already there: stop it
-(or kill -STOP / -CONT it) at any time.
+to <out>/<pass>/<first image>.npz as soon as they are computed, and a rerun skips the chunks already there whole: stop
+it (or kill -STOP / -CONT it) at any time. `python bench/eval_chunks.py A B` compares two --out folders image by image.
 
     nice -n 19 python bench/evaluate_literature.py --model-dir models/mnist_vae/3 --data-dir ../shared/data/mnist \\
         --out runs/eval-v3 [--update-metadata] [--passes k1000 k5000 active]
@@ -22,7 +22,7 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # contract, training
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from contract.tf_logs import quiet_tensorflow_logs  # noqa: E402
@@ -31,50 +31,41 @@ quiet_tensorflow_logs()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from eval_chunks import PASSES, chunk_path, read_chunk, read_pass, write_chunk  # noqa: E402  (bench/)
 
 import contract  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import BINARIZATION_SEED  # noqa: E402
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-# name: (k, images, images per chunk file, images per signature call)
-PASSES = {"k1000": (1000, 10_000, 100, 20), "k5000": (5000, 1_000, 20, 4)}
 
 
-def run_pass(score, x, name, k, n, chunk, call, out, log=print):
-    """Score images [0, n) at k through the signature, chunk by chunk, skipping chunk files already written.
-    Returns the concatenated per-image scores of the chunks done so far, the images done, and the decode rate of
-    the chunks computed in this process."""
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
+def run_pass(score, x, name, n, out, log=print):
+    """Score images [0, n) through the signature, chunk by chunk, skipping chunk files already written whole.
+    Returns the per-image scores of the chunks done so far (in order, up to the first missing one), the images done,
+    and the decode rates."""
+    k, _, chunk, call = PASSES[name]
+    (out / name).mkdir(parents=True, exist_ok=True)
     computed_decodes, computed_seconds = 0, 0.0
     for lo in range(0, n, chunk):
-        path = folder / f"{lo:05d}.npz"
-        if path.exists():
+        hi = min(lo + chunk, n)
+        path = chunk_path(out, name, lo)
+        if read_chunk(path, hi - lo) is not None:
             continue
         start = time.perf_counter()
         parts = {}
-        for c in range(lo, min(lo + chunk, n), call):
-            hi = min(c + call, lo + chunk, n)
-            result = score(images=tf.constant(x[c:hi]), k=tf.constant(k, tf.int32),
-                           seeds=tf.constant(np.arange(c, hi, dtype=np.int64)))
+        for c in range(lo, hi, call):
+            result = score(images=tf.constant(x[c:min(c + call, hi)]), k=tf.constant(k, tf.int32),
+                           seeds=tf.constant(np.arange(c, min(c + call, hi), dtype=np.int64)))
             for key, value in result.items():
                 parts.setdefault(key, []).append(value.numpy())
         seconds = time.perf_counter() - start
-        scores = {key: np.concatenate(v) for key, v in parts.items()}
-        tmp = folder / f".{lo:05d}.tmp.npz"
-        np.savez(tmp, **scores, seconds=seconds)
-        tmp.replace(path)  # a chunk file is complete or absent
-        computed_decodes += k * len(scores["nll"])
+        write_chunk(path, {key: np.concatenate(v) for key, v in parts.items()}, seconds)
+        computed_decodes += k * (hi - lo)
         computed_seconds += seconds
-        done = min(n, len(list(folder.glob("[0-9]*.npz"))) * chunk)
-        log(f"{name}: images {lo}-{lo + len(scores['nll'])} in {seconds:.0f} s "
-            f"({k * len(scores['nll']) / seconds:.0f} decodes/s); {done}/{n} done")
-    files = sorted(folder.glob("[0-9]*.npz"))
-    loaded = [np.load(f) for f in files]
-    scores = {key: np.concatenate([f[key] for f in loaded]) for key in ("elbo", "kl", "distortion", "nll")} \
-        if loaded else {}
-    all_seconds = float(sum(float(f["seconds"]) for f in loaded))
+        log(f"{name}: images {lo}-{hi} in {seconds:.0f} s ({k * (hi - lo) / seconds:.0f} decodes/s); "
+            f"{len(read_pass(out, name, n)[0].get('nll', []))}/{n} done")
+    scores, all_seconds = read_pass(out, name, n)
     images = len(scores.get("nll", []))
     return scores, images, {"decodes_per_second": round(k * images / all_seconds, 1) if all_seconds else None,
                             "seconds": round(all_seconds, 1),
@@ -111,9 +102,13 @@ def main(argv=None):
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     # Which weights the chunks scored: the SavedModel fingerprint's hash of its checkpoint.
     weights = str(tf.saved_model.experimental.read_fingerprint(args.model_dir).checkpoint_hash)
-    if summary.get("checkpoint_hash", weights) != weights:  # resuming would mix two models' scores
-        raise SystemExit(f"{out} holds scores of other weights (checkpoint_hash {summary['checkpoint_hash']}, "
-                         f"{args.model_dir} has {weights}): pass another --out")
+    recorded = summary.get("checkpoint_hash")
+    if recorded is None and any(out.glob("k*/[0-9]*.npz")):
+        raise SystemExit(f"{out} holds scores without a record of the weights they came from (no checkpoint_hash in "
+                         f"its summary.json): pass another --out")
+    if recorded not in (None, weights):  # resuming would mix two models' scores
+        raise SystemExit(f"{out} holds scores of other weights (checkpoint_hash {recorded}, {args.model_dir} has "
+                         f"{weights}): pass another --out")
     summary.update(model_dir=str(args.model_dir), checkpoint_hash=weights, test_images=len(x),
                    binarization_seed=BINARIZATION_SEED, sampling_seed=0)
     summary_path.write_text(json.dumps(summary, indent=2))  # the weights on record before the first chunk
@@ -128,9 +123,9 @@ def main(argv=None):
                                  "posterior_mean_variance": variance}
             log(f"active units: {count} of {len(variance)}")
             continue
-        k, n, chunk, call = PASSES[name]
+        k, n, _, _ = PASSES[name]
         n = min(n, args.limit or n, len(x))
-        scores, done, rate = run_pass(score, x, name, k, n, chunk, call, out, log)
+        scores, done, rate = run_pass(score, x, name, n, out, log)
         summary[name] = {"k": k, "images": n, "images_done": done, "complete": done >= n, **rate}
         if done:
             summary[name].update({f"mean_{key}_nats": float(np.mean(v)) for key, v in scores.items()})
