@@ -157,7 +157,6 @@ def evaluate_command(args):
         vae, config, _ = restore_weights(args.run_dir)
         model = Model.from_keras(vae)
         record = {**config, "history": read_history(args.run_dir)}
-    stages = figures.lineage(record, training_record)  # the curve: this run and those it was fine-tuned from
     metrics = None
     if not args.no_metrics:
         metrics = evaluate(model, x, k=args.k, sampling_seed=args.seed)
@@ -177,6 +176,7 @@ def evaluate_command(args):
         contract.write_metadata(args.model_dir, meta)
     if args.figures_dir:
         out = pathlib.Path(args.figures_dir)
+        stages = figures.lineage(record, training_record)  # the curve: this run and those it was fine-tuned from
         figures.write_all(out, model, x, stages)
         logging.getLogger("training").info("figures written to %s", out)
     return metrics

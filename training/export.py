@@ -4,6 +4,7 @@ The SavedModel holds training.signatures.VAEServingModule (the signatures and th
 loading it needs TensorFlow only."""
 
 import datetime
+import logging
 import pathlib
 import platform
 import shutil
@@ -18,6 +19,8 @@ import contract
 from training.model import IMAGE_SHAPE, VAE, ModelConfig
 from training.signatures import VAEServingModule, signature_schema
 from training.train import read_history, restore_weights
+
+log = logging.getLogger(__name__)
 
 
 def _git_commit():
@@ -52,18 +55,23 @@ def restore_from_saved_model(model_dir):
 
 
 def training_record(version_dir) -> dict | None:
-    """The training record in a version folder's metadata.json, or None if there is none or the folder is not here
-    (a path relative to the working directory, as --init-from records it)."""
+    """The training record in a version folder's metadata.json, or None if there is none, the folder is not here (a
+    path relative to the working directory, as --init-from records it) or its metadata is unreadable (logged)."""
     path = pathlib.Path(version_dir) if version_dir else None
     if path is None or not (path / contract.METADATA_FILE).is_file():
         return None
-    return contract.read_metadata(path).get("training") or None
+    try:
+        return contract.read_metadata(path).get("training") or None
+    except contract.MetadataError as err:
+        log.warning("no training record from %s: %s", path, err)
+        return None
 
 
 def earlier_stages(init_from) -> list[dict]:
     """The training records behind a run's --init-from version, newest first: that version's own record, then the
-    earlier stages it keeps. [] when the run started from scratch or the folder is not here."""
-    record = dict(training_record(init_from) or {})
+    earlier stages it keeps. [] when the run started from scratch or the folder is not here. A record's free-text
+    `note` is left out: it was written about that version's own list of stages."""
+    record = {key: value for key, value in (training_record(init_from) or {}).items() if key != "note"}
     return [record, *(record.pop("earlier_stages", None) or [])] if record else []
 
 

@@ -37,10 +37,14 @@ def prior_samples(model, latent_size, n=40, columns=10, seed=7):
 
 def stage_label(record: dict) -> str:
     """The objective of a training run's record (metadata's `training` or one of its `earlier_stages`) and the digits
-    its validation loss was computed on (records older than the `validation` setting validated on the test digits)."""
+    its validation loss was computed on (records older than the `validation` setting validated on the test digits; a
+    --train-limit run's digits are limited too)."""
     train = record.get("train") or {}
     objective = f"IWAE k={train.get('k')}" if train.get("objective") == "iwae" else "ELBO"
-    return f"{objective}, val. {train.get('validation') or 'test'}"
+    digits = train.get("validation") or "test"
+    if train.get("train_limit"):  # the held-out digits are then the last sixth of the first train_limit
+        digits += f" of first {train['train_limit']:,}"
+    return f"{objective}, val. {digits}"
 
 
 def lineage(training: dict, find_training=lambda init_from: None, _seen=None) -> list[tuple[str, list[dict]]]:

@@ -77,22 +77,23 @@ def test_figures_are_pngs_of_digit_grids(saved_model, tiny_run, test_digits, tmp
 def test_the_training_curve_follows_a_version_through_its_stages(tmp_path):
     """A fine-tuned version's curve: the run of the version it started from, then its recorded stages, oldest
     first, each named by its objective; an origin that is not at hand is left out."""
-    def run(epochs, objective="iwae", k=None, init_from=None, loss=90.0, validation="held-out"):
+    def run(epochs, objective="iwae", k=None, init_from=None, loss=90.0, validation="held-out", train_limit=None):
         history = [{"epoch": e, "loss": loss - e, "val_loss": loss + 2 - e} for e in range(epochs)]
-        train = {"objective": objective, "k": k, "init_from": init_from, "validation": validation}
+        train = {"objective": objective, "k": k, "init_from": init_from, "validation": validation,
+                 "train_limit": train_limit}
         return {"train": train, "history": history}
 
     origin = run(5, objective="elbo", loss=100.0, validation=None)  # before the setting: the test digits
-    version = {**run(1, k=50, init_from="cand"),
+    version = {**run(1, k=50, init_from="cand", train_limit=40_000),
                "earlier_stages": [run(3, k=10, init_from="v3"), run(2, k=5, init_from="v1")]}
     records = {"v1": origin}
     stages = figures.lineage(version, records.get)
     assert [(label, len(rows)) for label, rows in stages] == [
         ("ELBO, val. test", 5), ("IWAE k=5, val. held-out", 2), ("IWAE k=10, val. held-out", 3),
-        ("IWAE k=50, val. held-out", 1)]
+        ("IWAE k=50, val. held-out of first 40,000", 1)]
     assert stages[0][1] is origin["history"]
     assert [label for label, _ in figures.lineage(version)] == [
-        "IWAE k=5, val. held-out", "IWAE k=10, val. held-out", "IWAE k=50, val. held-out"]
+        "IWAE k=5, val. held-out", "IWAE k=10, val. held-out", "IWAE k=50, val. held-out of first 40,000"]
     looping = run(2, k=5, init_from="self")  # a version fine-tuned from its own folder
     assert [len(rows) for _, rows in figures.lineage(looping, {"self": looping}.get)] == [2, 2]
     assert figures.lineage({"history": []}) == []  # nothing to plot: write_all draws no curve

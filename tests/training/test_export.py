@@ -164,5 +164,8 @@ def test_a_fine_tuned_export_keeps_the_records_of_the_runs_before_it(exported, t
     assert earlier_stages(exported) == [record] and earlier_stages(None) == earlier_stages(tmp_path / "gone") == []
     document = json.loads((exported / "metadata.json").read_text())
     document["training"]["earlier_stages"] = [{"train": {"k": 5}, "history": []}]
+    document["training"]["note"] = "about this version's own list of stages"  # not copied: it would mislead there
     (tmp_path / "metadata.json").write_text(json.dumps(document))
     assert earlier_stages(tmp_path) == [record, {"train": {"k": 5}, "history": []}]
+    (tmp_path / "metadata.json").write_text("{not json")  # an unreadable record is no record, not a failed export
+    assert earlier_stages(tmp_path) == []
