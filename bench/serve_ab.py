@@ -59,7 +59,8 @@ def run(variant: str, args) -> dict:
                 return run_async(drive_h2("127.0.0.1", server.grpc_port, request, args.concurrency, 0, seconds))
             return run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, seconds))
 
-        load(args.warmup)
+        if args.warmup > 0:
+            load(args.warmup)
         calls_before, cpu_before = histogram_totals(server.port, MODEL_CALL, "encode"), main_thread_cpu(server.pid)
         process_before = cpu_seconds(server.pid)
         result = load(args.duration)
@@ -92,15 +93,17 @@ def main() -> None:
     medians = {variant: {key: statistics.median(r[key] for r in results) for key in results[0]}
                for variant, results in runs.items()}
     # Each later variant against the first, round by round (both ran minutes apart at most): the ratio of req/s and
-    # the difference of event-loop CPU per request, and their medians.
+    # the differences of CPU per request (the event loop's, and the whole process's: gRPC's own threads are outside
+    # the loop), and their medians.
     first = runs[args.variants[0]]
     for variant in args.variants[1:]:
-        ratios = [round(b["rps"] / a["rps"], 3) for a, b in zip(first, runs[variant], strict=True)]
-        loop = [b["event_loop_us_per_request"] - a["event_loop_us_per_request"]
-                for a, b in zip(first, runs[variant], strict=True)]
-        medians[variant] |= {"rps_ratios": ratios, "rps_ratio_median": statistics.median(ratios),
-                             "event_loop_us_differences": loop,
-                             "event_loop_us_difference_median": statistics.median(loop)}
+        pairs = list(zip(first, runs[variant], strict=True))
+        ratios = [round(b["rps"] / a["rps"], 3) for a, b in pairs]
+        medians[variant] |= {"rps_ratios": ratios, "rps_ratio_median": statistics.median(ratios)}
+        for cpu in ("event_loop", "process"):
+            differences = [b[f"{cpu}_us_per_request"] - a[f"{cpu}_us_per_request"] for a, b in pairs]
+            medians[variant] |= {f"{cpu}_us_differences": differences,
+                                 f"{cpu}_us_difference_median": statistics.median(differences)}
     print(json.dumps(medians, indent=2))
 
 

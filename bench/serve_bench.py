@@ -112,14 +112,14 @@ async def drive(host: str, port: int, make_request, concurrency: int, warmup: fl
         count = 0
         try:
             while clock() < stop:
+                request = make_request(index, count)
+                count += 1
+                sent += 1  # a request that fails to connect counts as sent and failed, as one cut off mid-answer
                 try:
                     if writer is None:
                         reader, writer = await asyncio.open_connection(host, port)
-                    request = make_request(index, count)
-                    count += 1
                     t0 = clock()
                     writer.write(request)
-                    sent += 1
                     status, _, keep = await read_response(reader)
                     answered += 1
                     t1 = clock()
