@@ -18,7 +18,7 @@ import tf_keras
 import contract
 from training.model import IMAGE_SHAPE, VAE, ModelConfig
 from training.signatures import VAEServingModule, signature_schema
-from training.train import read_history, restore_weights
+from training.train import checkpoint_hash, read_history, restore_weights
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,14 @@ def training_record(version_dir) -> dict | None:
         return None
 
 
-def earlier_stages(init_from) -> list[dict]:
+def earlier_stages(init_from, weights: str | None = None) -> list[dict]:
     """The training records behind a run's --init-from version, newest first: that version's own record, then the
-    earlier stages it keeps. [] when the run started from scratch or the folder is not here. A record's free-text
-    `note` is left out: it was written about that version's own list of stages."""
+    earlier stages it keeps. [] when the run started from scratch, the folder is not here, or it no longer holds
+    the `weights` (checkpoint hash) the run started from. A record's free-text `note` is left out: it was written
+    about that version's own list of stages."""
+    if init_from and weights and checkpoint_hash(init_from) != weights:
+        log.warning("%s holds other weights than the run started from: its training record is left out", init_from)
+        return []
     record = {key: value for key, value in (training_record(init_from) or {}).items() if key != "note"}
     return [record, *(record.pop("earlier_stages", None) or [])] if record else []
 
@@ -83,7 +87,8 @@ def export_run(run_dir, base_dir="models", model_name="mnist_vae", version=None,
     else:
         vae, config, checkpoint = restore_weights(run_dir)
         history = read_history(run_dir)
-        if stages := earlier_stages((config.get("train") or {}).get("init_from")):
+        init_from = (config.get("train") or {}).get("init_from")
+        if stages := earlier_stages(init_from, config.get("init_from_checkpoint_hash")):
             config = {**config, "earlier_stages": stages}
     model_base = pathlib.Path(base_dir) / model_name
     version = version or next_version(model_base)

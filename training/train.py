@@ -322,6 +322,14 @@ def load_exported_weights(vae, model_dir):
     return str(path)
 
 
+def checkpoint_hash(model_dir) -> str | None:
+    """The weights an exported version folder holds, as its SavedModel fingerprint names them (None without one)."""
+    try:
+        return str(tf.saved_model.experimental.read_fingerprint(str(model_dir)).checkpoint_hash)
+    except (OSError, ValueError, tf.errors.OpError):
+        return None
+
+
 def exported_model_config(model_dir):
     """The ModelConfig an exported version was trained with (its metadata)."""
     import contract
@@ -393,6 +401,7 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
     cluster = make_cluster(strategy, cluster_timeout)  # before any other TensorFlow op
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.json"
+    saved = {}
     if resume:
         if not config_path.exists():
             raise RunError(f"--resume given but {run_dir} holds no run (no config.json)")
@@ -447,7 +456,11 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
             {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
              "data_dir": str(data_dir) if data_dir else "download", "train_images": n,
              "validation_images": len(val_images), "strategy": cluster.kind, "workers": cluster.workers,
-             "replicas": cluster.strategy.num_replicas_in_sync}, indent=2))
+             "replicas": cluster.strategy.num_replicas_in_sync,
+             # The weights the run started from: export checks that --init-from still holds them before it copies
+             # that folder's training record into this run's (a folder rewritten since would give another history).
+             "init_from_checkpoint_hash": saved.get("init_from_checkpoint_hash") if resume
+             else checkpoint_hash(train_cfg.init_from) if train_cfg.init_from else None}, indent=2))
     history = [row for row in read_history(run_dir) if row["epoch"] < int(epoch_var)]
 
     objective = Objective(vae, train_cfg, model_cfg.beta)

@@ -169,3 +169,29 @@ def test_a_fine_tuned_export_keeps_the_records_of_the_runs_before_it(exported, t
     assert earlier_stages(tmp_path) == [record, {"train": {"k": 5}, "history": []}]
     (tmp_path / "metadata.json").write_text("{not json")  # an unreadable record is no record, not a failed export
     assert earlier_stages(tmp_path) == []
+
+
+def test_a_run_fine_tuned_from_an_exported_version(exported, tiny_run, mnist_dir, tmp_path):
+    """--init-from: the run starts from the version's weights and architecture and records which weights those were
+    (the fingerprint's checkpoint hash); its export keeps the version's training record, unless the folder now holds
+    other weights."""
+    from training.export import earlier_stages
+    from training.model import ModelConfig
+    from training.train import TrainConfig, checkpoint_hash, train
+
+    run_dir = tmp_path / "fine-tuned"
+    # A rate of 1e-12: Adam moves each weight by about that much, so the run ends where it started.
+    vae = train(run_dir, ModelConfig(), TrainConfig(epochs=1, batch_size=32, train_limit=64, validation_k=1,
+                                                    learning_rate=1e-12, init_from=str(exported)),
+                data_dir=mnist_dir, verbose=0)
+    _, origin = tiny_run
+    assert vae.config.base_depth == 8, "the architecture of the version, not of the ModelConfig passed"
+    for a, b in zip(vae.encoder_body.get_weights() + vae.decoder_body.get_weights(),
+                    origin.encoder_body.get_weights() + origin.decoder_body.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["init_from_checkpoint_hash"] == checkpoint_hash(exported) is not None
+    fine_tuned = export_run(run_dir, tmp_path / "models", "mnist_vae")
+    record = read_metadata(fine_tuned)["training"]
+    assert record["earlier_stages"] == [read_metadata(exported)["training"]]
+    assert earlier_stages(exported, weights="1234") == []  # the folder re-exported with other weights since
