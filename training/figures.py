@@ -56,6 +56,8 @@ def lineage(training: dict, find_training=lambda init_from: None, _seen=None) ->
     origin = (stages[0].get("train") or {}).get("init_from")
     seen = _seen or set()
     earlier = find_training(origin) if origin and origin not in seen else None  # a chain that loops ends
+    if earlier == training:  # fine-tuned from its own folder and exported over it: that record is this one
+        earlier = None
     before = lineage(earlier, find_training, seen | {origin}) if earlier else []
     return before + [(stage_label(stage), stage["history"]) for stage in stages if stage.get("history")]
 

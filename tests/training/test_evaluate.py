@@ -94,8 +94,10 @@ def test_the_training_curve_follows_a_version_through_its_stages(tmp_path):
     assert stages[0][1] is origin["history"]
     assert [label for label, _ in figures.lineage(version)] == [
         "IWAE k=5, val. held-out", "IWAE k=10, val. held-out", "IWAE k=50, val. held-out of first 40,000"]
-    looping = run(2, k=5, init_from="self")  # a version fine-tuned from its own folder
-    assert [len(rows) for _, rows in figures.lineage(looping, {"self": looping}.get)] == [2, 2]
+    looping = run(2, k=5, init_from="self")  # a version fine-tuned from its own folder, exported over it
+    assert [len(rows) for _, rows in figures.lineage(looping, {"self": looping}.get)] == [2]
+    cycle = {"a": run(2, k=5, init_from="b"), "b": run(3, k=5, init_from="a")}  # each fine-tuned from the other
+    assert [len(rows) for _, rows in figures.lineage(cycle["a"], cycle.get)] == [2, 3, 2]
     assert figures.lineage({"history": []}) == []  # nothing to plot: write_all draws no curve
     figures.training_curve(stages, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").format == "PNG"
