@@ -2,7 +2,8 @@
 
 A pass writes <out>/<pass>/<first image>.npz for each chunk of images: the per-image scores (elbo, kl, distortion,
 nll, in nats) and the seconds the chunk took. A chunk file counts only if it holds the whole chunk: a run with a
---limit that ends inside a chunk writes a short file, which a later, longer run computes again.
+--limit that ends inside a chunk writes a short file, which a later, longer run computes again (a longer run's file
+serves a shorter run as it is).
 
     python bench/eval_chunks.py runs/eval-v4 runs/eval-mnist_vae-5 [--pass k1000] [--images 500]
 
@@ -26,13 +27,17 @@ def chunk_path(out, name: str, lo: int) -> pathlib.Path:
     return pathlib.Path(out) / name / f"{lo:05d}.npz"
 
 
-def read_chunk(path: pathlib.Path, images: int) -> dict | None:
-    """A chunk file's scores and seconds, or None if it is absent or does not hold `images` images."""
+def read_chunk(path: pathlib.Path, images: int | None = None) -> dict | None:
+    """A chunk file's first `images` scores (all it holds if None) and their share of its seconds, or None if it is
+    absent or holds fewer (a longer run's file serves a shorter one; a shorter run's is computed again by a longer)."""
     if not path.exists():
         return None
     with np.load(path) as stored:
-        chunk = {key: stored[key] for key in SCORES} | {"seconds": float(stored["seconds"])}
-    return chunk if len(chunk["nll"]) == images else None
+        held = len(stored["nll"])
+        images = held if images is None else images
+        if held < images:
+            return None
+        return {key: stored[key][:images] for key in SCORES} | {"seconds": float(stored["seconds"]) * images / held}
 
 
 def write_chunk(path: pathlib.Path, scores: dict, seconds: float) -> None:
@@ -42,26 +47,22 @@ def write_chunk(path: pathlib.Path, scores: dict, seconds: float) -> None:
     tmp.replace(path)
 
 
-def read_pass(out, name: str, n: int) -> tuple[dict, float]:
-    """The per-image scores of images 0, 1, ... in order, up to the first chunk of [0, n) not (fully) written, and
-    the seconds those chunks took."""
+def read_pass(out, name: str, n: int | None = None) -> tuple[dict, float]:
+    """The per-image scores of images 0, 1, ... of [0, n) in order, up to the first chunk not written (whole), and the
+    seconds they took. Without n: every image written, up to a short chunk (a --limit run's last) included."""
     chunk = PASSES[name][2]
     parts, seconds = [], 0.0
-    for lo in range(0, n, chunk):
-        stored = read_chunk(chunk_path(out, name, lo), min(chunk, n - lo))
+    for lo in range(0, n or PASSES[name][1], chunk):
+        wanted = min(chunk, n - lo) if n else chunk
+        stored = read_chunk(chunk_path(out, name, lo), wanted if n else None)
         if stored is None:
             break
         parts.append(stored)
         seconds += stored["seconds"]
+        if len(stored["nll"]) < wanted:
+            break
     scores = {key: np.concatenate([part[key] for part in parts]) for key in SCORES} if parts else {}
     return scores, seconds
-
-
-def images_of(out, name: str) -> int:
-    """The images the folder's last run of the pass was asked for (its --limit, if any), from its summary.json."""
-    summary = pathlib.Path(out) / "summary.json"
-    recorded = json.loads(summary.read_text()).get(name, {}) if summary.exists() else {}
-    return int(recorded.get("images", PASSES[name][1]))
 
 
 def paired(first: dict, second: dict, images: int | None = None) -> dict:
@@ -86,8 +87,8 @@ def main(argv=None):
     p.add_argument("--pass", dest="name", default="k1000", choices=sorted(PASSES))
     p.add_argument("--images", type=int, help="compare only the first N images (default: all both scored)")
     args = p.parse_args(argv)
-    first, _ = read_pass(args.first, args.name, images_of(args.first, args.name))
-    second, _ = read_pass(args.second, args.name, images_of(args.second, args.name))
+    first, _ = read_pass(args.first, args.name)
+    second, _ = read_pass(args.second, args.name)
     try:
         report = paired(first, second, args.images)
     except ValueError as err:

@@ -32,6 +32,12 @@ def test_a_short_chunk_does_not_count_for_a_longer_pass(tmp_path):
     scores, seconds = eval_chunks.read_pass(tmp_path, "k1000", 250)
     assert scores["nll"].tolist() == list(range(250)) and seconds == 6.0
     assert not list((tmp_path / "k1000").glob(".*")), "no temporary file left behind"
+    # A shorter run reads the longer run's files as they are: its images of them, their share of the seconds.
+    assert eval_chunks.read_chunk(eval_chunks.chunk_path(tmp_path, "k1000", 200), 20)["seconds"] == 0.8
+    scores, seconds = eval_chunks.read_pass(tmp_path, "k1000", 120)
+    assert scores["nll"].tolist() == list(range(120)) and seconds == pytest.approx(2.4)
+    # Without a count (the paired comparison): every image written, the short last chunk included.
+    assert eval_chunks.read_pass(tmp_path, "k1000")[0]["nll"].tolist() == list(range(250))
 
 
 def test_the_paired_difference_and_its_standard_error(tmp_path, capsys):

@@ -142,7 +142,7 @@ def evaluate_command(args):
     import contract
     from training import data, figures
     from training.evaluate import BINARIZATION_SEED, Model, calibrate, evaluate
-    from training.export import training_record
+    from training.export import origin_record
 
     if args.update_metadata and not args.model_dir:  # before the minutes of evaluation, not after
         raise FileNotFoundError("--update-metadata needs --model-dir (the SavedModel whose metadata.json to update)")
@@ -176,7 +176,7 @@ def evaluate_command(args):
         contract.write_metadata(args.model_dir, meta)
     if args.figures_dir:
         out = pathlib.Path(args.figures_dir)
-        stages = figures.lineage(record, training_record)  # the curve: this run and those it was fine-tuned from
+        stages = figures.lineage(record, origin_record)  # the curve: this run and those it was fine-tuned from
         figures.write_all(out, model, x, stages)
         logging.getLogger("training").info("figures written to %s", out)
     return metrics

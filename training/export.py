@@ -67,15 +67,21 @@ def training_record(version_dir) -> dict | None:
         return None
 
 
+def origin_record(init_from, weights: str | None = None) -> dict | None:
+    """training_record(init_from), for a run that started from that folder's weights: None if the folder now holds
+    other weights than `weights` (the checkpoint hash the run recorded; runs from before it recorded none)."""
+    record = training_record(init_from)
+    if record is not None and weights and checkpoint_hash(init_from) != weights:
+        log.warning("%s holds other weights than the run started from: its training record is left out", init_from)
+        return None
+    return record
+
+
 def earlier_stages(init_from, weights: str | None = None) -> list[dict]:
     """The training records behind a run's --init-from version, newest first: that version's own record, then the
-    earlier stages it keeps. [] when the run started from scratch, the folder is not here, or it no longer holds
-    the `weights` (checkpoint hash) the run started from. A record's free-text `note` is left out: it was written
-    about that version's own list of stages."""
-    if init_from and weights and checkpoint_hash(init_from) != weights:
-        log.warning("%s holds other weights than the run started from: its training record is left out", init_from)
-        return []
-    record = {key: value for key, value in (training_record(init_from) or {}).items() if key != "note"}
+    earlier stages it keeps (origin_record's). [] when the run started from scratch or no record is at hand. A
+    record's free-text `note` is left out: it was written about that version's own list of stages."""
+    record = {key: value for key, value in (origin_record(init_from, weights) or {}).items() if key != "note"}
     return [record, *(record.pop("earlier_stages", None) or [])] if record else []
 
 

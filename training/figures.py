@@ -47,15 +47,16 @@ def stage_label(record: dict) -> str:
     return f"{objective}, val. {digits}"
 
 
-def lineage(training: dict, find_training=lambda init_from: None, _seen=None) -> list[tuple[str, list[dict]]]:
+def lineage(training: dict, find_training=lambda init_from, weights: None, _seen=None) -> list[tuple[str, list[dict]]]:
     """A version's training stages, oldest first, as (objective, per-epoch history): the runs its metadata records
     (`earlier_stages`, newest first, then its own) and, before them, those of the version the oldest started from
-    (its `init_from`), when `find_training(init_from)` returns that version's training record. Stages without a
-    history are left out."""
+    (its `init_from`), when `find_training(init_from, weights)` returns that version's training record (weights: the
+    checkpoint hash the oldest run recorded of it, or None). Stages without a history are left out."""
     stages = [*reversed(training.get("earlier_stages") or []), training]
     origin = (stages[0].get("train") or {}).get("init_from")
     seen = _seen or set()
-    earlier = find_training(origin) if origin and origin not in seen else None  # a chain that loops ends
+    weights = stages[0].get("init_from_checkpoint_hash")
+    earlier = find_training(origin, weights) if origin and origin not in seen else None  # a chain that loops ends
     if earlier == training:  # fine-tuned from its own folder and exported over it: that record is this one
         earlier = None
     before = lineage(earlier, find_training, seen | {origin}) if earlier else []

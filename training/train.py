@@ -444,10 +444,12 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
     # Every worker restores from the chief's files (a shared run folder), the way BackupAndRestore does.
     restore_from = tf.train.latest_checkpoint(run_dir / "backup") or tf.train.latest_checkpoint(
         run_dir / "checkpoints")
+    init_from_weights = saved.get("init_from_checkpoint_hash")  # kept when resuming from a checkpoint
     if resume and restore_from:
         checkpoint.restore(restore_from).assert_existing_objects_matched()
         log.info("resumed from %s at epoch %d, step %d", restore_from, int(epoch_var), int(step_var))
     elif train_cfg.init_from:
+        init_from_weights = checkpoint_hash(train_cfg.init_from)  # before the read: the weights it names
         log.info("weights from %s", load_exported_weights(vae, train_cfg.init_from))
 
     if cluster.is_chief:
@@ -459,8 +461,7 @@ def train(run_dir, model_cfg, train_cfg, data_dir=None, resume=False, verbose=2,
              "replicas": cluster.strategy.num_replicas_in_sync,
              # The weights the run started from: export checks that --init-from still holds them before it copies
              # that folder's training record into this run's (a folder rewritten since would give another history).
-             "init_from_checkpoint_hash": saved.get("init_from_checkpoint_hash") if resume
-             else checkpoint_hash(train_cfg.init_from) if train_cfg.init_from else None}, indent=2))
+             "init_from_checkpoint_hash": init_from_weights}, indent=2))
     history = [row for row in read_history(run_dir) if row["epoch"] < int(epoch_var)]
 
     objective = Objective(vae, train_cfg, model_cfg.beta)

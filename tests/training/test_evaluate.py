@@ -86,18 +86,27 @@ def test_the_training_curve_follows_a_version_through_its_stages(tmp_path):
     origin = run(5, objective="elbo", loss=100.0, validation=None)  # before the setting: the test digits
     version = {**run(1, k=50, init_from="cand", train_limit=40_000),
                "earlier_stages": [run(3, k=10, init_from="v3"), run(2, k=5, init_from="v1")]}
-    records = {"v1": origin}
-    stages = figures.lineage(version, records.get)
+    folders = {"v1": (origin, "hash-of-v1")}  # what each folder holds now: a record and its weights
+
+    def find_training(folder, weights):  # as export.origin_record does with real folders
+        record, held = folders.get(folder, (None, None))
+        return record if weights in (None, held) else None
+
+    stages = figures.lineage(version, find_training)
     assert [(label, len(rows)) for label, rows in stages] == [
         ("ELBO, val. test", 5), ("IWAE k=5, val. held-out", 2), ("IWAE k=10, val. held-out", 3),
         ("IWAE k=50, val. held-out of first 40,000", 1)]
     assert stages[0][1] is origin["history"]
+    version["earlier_stages"][-1]["init_from_checkpoint_hash"] = "hash-of-v1"  # the weights the oldest run started from
+    assert len(figures.lineage(version, find_training)) == 4
+    folders["v1"] = (origin, "hash-of-other-weights")  # v1's folder re-exported since: its record is not the origin's
+    assert len(figures.lineage(version, find_training)) == 3
     assert [label for label, _ in figures.lineage(version)] == [
         "IWAE k=5, val. held-out", "IWAE k=10, val. held-out", "IWAE k=50, val. held-out of first 40,000"]
     looping = run(2, k=5, init_from="self")  # a version fine-tuned from its own folder, exported over it
-    assert [len(rows) for _, rows in figures.lineage(looping, {"self": looping}.get)] == [2]
+    assert [len(rows) for _, rows in figures.lineage(looping, lambda folder, _: {"self": looping}[folder])] == [2]
     cycle = {"a": run(2, k=5, init_from="b"), "b": run(3, k=5, init_from="a")}  # each fine-tuned from the other
-    assert [len(rows) for _, rows in figures.lineage(cycle["a"], cycle.get)] == [2, 3, 2]
+    assert [len(rows) for _, rows in figures.lineage(cycle["a"], lambda folder, _: cycle[folder])] == [2, 3, 2]
     assert figures.lineage({"history": []}) == []  # nothing to plot: write_all draws no curve
     figures.training_curve(stages, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").format == "PNG"
