@@ -36,6 +36,7 @@ from eval_chunks import PASSES, chunk_path, read_chunk, read_pass, write_chunk  
 import contract  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import BINARIZATION_SEED  # noqa: E402
+from training.train import checkpoint_hash  # noqa: E402
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -46,25 +47,26 @@ def run_pass(score, x, name, n, out, log=print):
     and the decode rates."""
     k, _, chunk, call = PASSES[name]
     (out / name).mkdir(parents=True, exist_ok=True)
+    # The chunks not yet written whole, found once: each is then written whole or not at all.
+    missing = [lo for lo in range(0, n, chunk) if read_chunk(chunk_path(out, name, lo), min(chunk, n - lo)) is None]
+    done = n - sum(min(chunk, n - lo) for lo in missing)
     computed_decodes, computed_seconds = 0, 0.0
-    for lo in range(0, n, chunk):
+    for lo in missing:
         hi = min(lo + chunk, n)
-        path = chunk_path(out, name, lo)
-        if read_chunk(path, hi - lo) is not None:
-            continue
         start = time.perf_counter()
         parts = {}
         for c in range(lo, hi, call):
-            result = score(images=tf.constant(x[c:min(c + call, hi)]), k=tf.constant(k, tf.int32),
-                           seeds=tf.constant(np.arange(c, min(c + call, hi), dtype=np.int64)))
+            end = min(c + call, hi)
+            result = score(images=tf.constant(x[c:end]), k=tf.constant(k, tf.int32),
+                           seeds=tf.constant(np.arange(c, end, dtype=np.int64)))
             for key, value in result.items():
                 parts.setdefault(key, []).append(value.numpy())
         seconds = time.perf_counter() - start
-        write_chunk(path, {key: np.concatenate(v) for key, v in parts.items()}, seconds)
+        write_chunk(chunk_path(out, name, lo), {key: np.concatenate(v) for key, v in parts.items()}, seconds)
         computed_decodes += k * (hi - lo)
         computed_seconds += seconds
-        log(f"{name}: images {lo}-{hi} in {seconds:.0f} s ({k * (hi - lo) / seconds:.0f} decodes/s); "
-            f"{len(read_pass(out, name, n)[0].get('nll', []))}/{n} done")
+        done += hi - lo
+        log(f"{name}: images {lo}-{hi} in {seconds:.0f} s ({k * (hi - lo) / seconds:.0f} decodes/s); {done}/{n} done")
     scores, all_seconds = read_pass(out, name, n)
     images = len(scores.get("nll", []))
     return scores, images, {"decodes_per_second": round(k * images / all_seconds, 1) if all_seconds else None,
@@ -100,8 +102,9 @@ def main(argv=None):
     score, encode = root.signatures["score"], root.signatures["encode"]
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    # Which weights the chunks scored: the SavedModel fingerprint's hash of its checkpoint.
-    weights = str(tf.saved_model.experimental.read_fingerprint(args.model_dir).checkpoint_hash)
+    weights = checkpoint_hash(args.model_dir)  # which weights the chunks score
+    if weights is None:
+        raise SystemExit(f"{args.model_dir} has no SavedModel fingerprint to record which weights it scores")
     recorded = summary.get("checkpoint_hash")
     if recorded is None and any(out.glob("k*/[0-9]*.npz")):
         raise SystemExit(f"{out} holds scores without a record of the weights they came from (no checkpoint_hash in "
