@@ -22,13 +22,11 @@ from pathlib import Path
 
 from serve_bench import (
     cpu_seconds,
-    drive,
-    drive_h2,
+    drive_server,
     encode_requests,
     free_port,
     grpc_encode_requests,
     histogram_totals,
-    run_async,
     serving,
     v2_encode_requests,
 )
@@ -55,9 +53,7 @@ def run(variant: str, args) -> dict:
 
     with serving(str(repo / "models/mnist_vae/1"), repo=repo, extra_env=env, **grpc) as server:
         def load(seconds: float) -> dict:
-            if args.protocol == "grpc":
-                return run_async(drive_h2("127.0.0.1", server.grpc_port, request, args.concurrency, 0, seconds))
-            return run_async(drive("127.0.0.1", server.port, request, args.concurrency, 0, seconds))
+            return drive_server(server, request, args.concurrency, 0, seconds, grpc=args.protocol == "grpc")
 
         if args.warmup > 0:
             load(args.warmup)

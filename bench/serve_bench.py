@@ -457,17 +457,23 @@ def histogram_totals(port: int, name: str, signature: str) -> tuple[float, float
                  for kind in ("sum", "count"))
 
 
+def drive_server(server: Server, make_request, concurrency: int, warmup: float, duration: float, grpc: bool = False,
+                 grpc_client: str = "h2", grpc_channels: int = 1) -> dict:
+    """One load generator's run against the server: HTTP/1.1 on its port, or gRPC on its gRPC port over raw HTTP/2
+    frames (h2) or grpc.aio (aio, over `grpc_channels` connections)."""
+    if grpc and grpc_client == "aio":
+        return run_async(drive_grpc("127.0.0.1", server.grpc_port, make_request, concurrency, warmup, duration,
+                                    grpc_channels))
+    if grpc:
+        return run_async(drive_h2("127.0.0.1", server.grpc_port, make_request, concurrency, warmup, duration))
+    return run_async(drive("127.0.0.1", server.port, make_request, concurrency, warmup, duration))
+
+
 def run_scenario(server: Server, make_request, concurrency: int, args, signature: str, grpc: bool = False) -> dict:
     before, cpu_before = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
     client_before = time.process_time()  # this process is the load generator alone
-    if grpc and args.grpc_client == "aio":
-        result = run_async(drive_grpc("127.0.0.1", server.grpc_port, make_request, concurrency, args.warmup,
-                                      args.duration, args.grpc_channels))
-    elif grpc:
-        result = run_async(drive_h2("127.0.0.1", server.grpc_port, make_request, concurrency, args.warmup,
-                                    args.duration))
-    else:
-        result = run_async(drive("127.0.0.1", server.port, make_request, concurrency, args.warmup, args.duration))
+    result = drive_server(server, make_request, concurrency, args.warmup, args.duration, grpc, args.grpc_client,
+                          args.grpc_channels)
     result["client_cpu_s"] = round(time.process_time() - client_before, 2)  # over the warm-up too
     after, cpu_after = histogram_totals(server.port, BATCH_SIZE, signature), cpu_seconds(server.pid)
     calls = after[1] - before[1]
